@@ -1,0 +1,71 @@
+"""autotransfer: find the best transfer-learning strategy for an image-classification dataset.
+
+An Optuna study samples strategies (timm backbone, freeze depth, head width, learning rate),
+trains each on a small budget with pruning, and ranks them in a leaderboard and an HTML report.
+"""
+
+from .data import ImageDataset, LabelledImages, load_dataset
+from .errors import (
+    AutotransferError,
+    ConfigError,
+    DataError,
+    StudyMismatchError,
+    TrialFailed,
+    WeightsNotFoundError,
+)
+from .leaderboard import LEADERBOARD_COLUMNS, leaderboard
+from .objective import Objective, trial_seed
+from .report import render_report, write_outputs
+from .search_space import SearchSpace, Strategy, bundled_spaces, load_search_space, strategy_family
+from .study import SearchResult, make_pruner, make_sampler, open_study, search
+from .trainer import Budget, TrainResult, evaluate, fit, make_transforms, resolve_device
+from .transfer import TransferNet, block_groups, count_parameters, freeze_backbone, make_head
+from .zoo import Zoo, ZooEntry, check_backbones, create_backbone, feature_dim, load_zoo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutotransferError",
+    "Budget",
+    "ConfigError",
+    "DataError",
+    "ImageDataset",
+    "LEADERBOARD_COLUMNS",
+    "LabelledImages",
+    "Objective",
+    "SearchResult",
+    "SearchSpace",
+    "Strategy",
+    "StudyMismatchError",
+    "TrainResult",
+    "TransferNet",
+    "TrialFailed",
+    "WeightsNotFoundError",
+    "Zoo",
+    "ZooEntry",
+    "block_groups",
+    "bundled_spaces",
+    "check_backbones",
+    "count_parameters",
+    "create_backbone",
+    "evaluate",
+    "feature_dim",
+    "fit",
+    "freeze_backbone",
+    "leaderboard",
+    "load_dataset",
+    "load_search_space",
+    "load_zoo",
+    "make_head",
+    "make_pruner",
+    "make_sampler",
+    "make_transforms",
+    "open_study",
+    "render_report",
+    "resolve_device",
+    "search",
+    "strategy_family",
+    "trial_seed",
+    "write_outputs",
+    "__version__",
+]

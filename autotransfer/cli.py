@@ -1,0 +1,131 @@
+"""Command-line interface: ``autotransfer search`` and ``autotransfer demo``.
+
+Progress lines and the final leaderboard go to standard output; handlers and printing live
+here only (the library logs through ``logging``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from .errors import AutotransferError
+from .study import PRUNERS, SearchResult, search
+
+__all__ = ["main", "build_parser"]
+
+_SHOW = ["rank", "number", "state", "value", "params_backbone", "params_freeze_depth", "params_head_width",
+         "params_learning_rate", "epochs", "seconds", "stop_reason"]
+
+
+class _Progress:
+    """Prints one line per epoch and per finished trial, with the best value so far."""
+
+    def __init__(self, n_trials: int | None, epochs: int) -> None:
+        self.n_trials, self.epochs, self.start = n_trials, epochs, time.perf_counter()
+
+    def epoch(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
+        p = trial.params
+        print(f"trial {trial.number}{self._of()} epoch {epoch}/{self.epochs}  val acc {metrics['accuracy']:.4f}"
+              f"  [{p.get('backbone')} freeze {p.get('freeze_depth'):.2f} head {p.get('head_width')}"
+              f" lr {p.get('learning_rate'):.1e}]  {self._best(trial.study)}", flush=True)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        reason = trial.user_attrs.get("stop_reason", "")
+        print(f"trial {trial.number} {trial.state.name.lower()} ({reason}) in "
+              f"{trial.user_attrs.get('seconds', 0.0):.1f} s  {self._best(study)}  "
+              f"elapsed {time.perf_counter() - self.start:.0f} s", flush=True)
+
+    def _of(self) -> str:
+        return f"/{self.n_trials}" if self.n_trials else ""
+
+    @staticmethod
+    def _best(study: optuna.Study) -> str:
+        try:
+            best = study.best_trial
+        except ValueError:
+            return "best so far: none complete"
+        return f"best so far {best.value:.4f} (trial {best.number})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``autotransfer`` command."""
+    parser = argparse.ArgumentParser(prog="autotransfer", description="Find the best transfer-learning "
+                                     "strategy (backbone, freeze depth, head, learning rate) for a dataset.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("search", help="search transfer strategies for a dataset")
+    s.add_argument("data", help="image folder (one subfolder per class), folder with train/ and val/, or 'digits'")
+    _add_common(s, n_trials=20, epochs=3, space="default")
+    s.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    s.add_argument("--study-name", help="study name (default: the dataset's folder name)")
+    d = sub.add_parser("demo", help="run a small search on scikit-learn's bundled digits (offline, SQLite)")
+    _add_common(d, n_trials=6, epochs=2, space="demo")
+    return parser
+
+
+def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space: str) -> None:
+    p.add_argument("--space", default=space, help=f"search space YAML file or bundled name (default: {space})")
+    p.add_argument("--n-trials", type=int, default=n_trials, help=f"total trials in the study (default: {n_trials})")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after SECONDS")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"maximum epochs per trial (default: {epochs})")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
+    p.add_argument("--metric", default="accuracy", choices=["accuracy", "balanced_accuracy", "macro_f1"],
+                   help="validation metric to maximise (default: accuracy)")
+    p.add_argument("--out", type=Path, help="output folder (default: reports/STUDY_NAME)")
+    p.add_argument("--zoo", help="local zoo YAML (default: $AUTOTRANSFER_ZOO)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, sampler and trials (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--pruner", default="hyperband", choices=PRUNERS, help="pruner (default: hyperband)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 bad input, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("timm").setLevel(logging.WARNING)
+    data = "digits" if args.command == "demo" else args.data
+    name = getattr(args, "study_name", None) or ("demo" if args.command == "demo" else Path(data).name)
+    out = args.out or Path("reports") / name
+    progress = _Progress(args.n_trials, args.epochs)
+    try:
+        result = search(data, space=args.space, n_trials=args.n_trials, timeout=args.timeout,
+                        epochs=args.epochs, batch_size=args.batch_size, metric=args.metric,
+                        pruner=args.pruner, storage=getattr(args, "storage", None), study_name=name,
+                        out=out, zoo=args.zoo, seed=args.seed, device=args.device,
+                        on_epoch=progress.epoch, callbacks=[progress])
+    except AutotransferError as err:
+        print(f"autotransfer: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Finished trials are kept in the study; the leaderboard and report in {out} "
+              "were rewritten. Run the same command again to resume.", file=sys.stderr)
+        return 130
+    _print_summary(result, out)
+    return 0
+
+
+def _print_summary(result: SearchResult, out: Path) -> None:
+    board = result.leaderboard
+    if result.dataset is not None and result.dataset.excluded:
+        print(f"{len(result.dataset.excluded)} file(s) could not be decoded and were excluded:")
+        for path, reason in result.dataset.excluded:
+            print(f"  {path}: {reason}")
+    print("\nLeaderboard (top 10):")
+    print(board[_SHOW].head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if result.best is not None:
+        print(f"\nBest: {result.best['family']}, freeze depth {result.best['freeze_depth']}, "
+              f"head width {result.best['head_width']}, lr {result.best['learning_rate']:.2e}: "
+              f"val accuracy {result.best['val_accuracy']:.4f}")
+    print(f"Wrote {out / 'leaderboard.csv'} and {out / 'report.html'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Datasets: scan, validate and split labelled images.
+
+Accepted inputs (DESIGN.md, "Data flow"):
+
+* an ImageFolder directory, one subfolder per class: split into train / val / test with a
+  stratified, seeded ``sklearn.model_selection.train_test_split``;
+* a directory holding ``train/`` and ``val/`` (optionally ``test/``) ImageFolders, used as given;
+* the name ``"digits"``: scikit-learn's bundled 8x8 grey digits (1,797 images, 10 classes),
+  converted to RGB and resized to the backbone's input size by the transform.
+
+Every image is decoded once while scanning; files that cannot be decoded are listed with
+their reason and excluded before training. Bad datasets raise :class:`DataError` before any
+training starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from .errors import DataError, describe
+
+__all__ = ["ImageDataset", "LabelledImages", "load_dataset", "open_image", "DIGITS"]
+
+DIGITS = "digits"
+SPLITS = ("train", "val", "test")
+_EXTENSIONS = tuple(sorted({*IMG_EXTENSIONS, ".gif"}))
+
+Sample = tuple[str, int]  # (key: path relative to the root, or "digits/<index>"; class index)
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A labelled image dataset, split into train / val / test.
+
+    Attributes:
+        name: Short name (folder name or ``"digits"``), used for the default study name.
+        root: The dataset folder, or ``"digits"``.
+        classes: Class names; a sample's label indexes this list.
+        splits: ``{"train": [(key, label), ...], "val": [...], "test": [...]}``; ``test`` may be empty.
+            Keys are paths relative to ``root`` (POSIX), or ``"digits/<index>"``.
+        excluded: ``(path, reason)`` for every file that could not be decoded.
+        split_method: ``"folders"`` (given train/val folders) or ``"stratified"`` (split here).
+        split_seed: Seed of the stratified split (None for given folders).
+    """
+
+    name: str
+    root: str
+    classes: tuple[str, ...]
+    splits: dict[str, list[Sample]]
+    excluded: list[tuple[str, str]] = field(default_factory=list)
+    split_method: str = "stratified"
+    split_seed: int | None = None
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    def counts(self) -> dict[str, int]:
+        """Number of images per split."""
+        return {name: len(items) for name, items in self.splits.items()}
+
+    def split_record(self) -> dict[str, Any]:
+        """The split as stored with the study: keys and labels of every split."""
+        return {name: [[k, y] for k, y in items] for name, items in self.splits.items()}
+
+    def fingerprint(self) -> str:
+        """SHA-256 of classes and split: changes when a file, label or split assignment changes."""
+        blob = json.dumps({"classes": list(self.classes), "splits": self.split_record()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def load(self, key: str) -> Image.Image:
+        """Open one image as RGB (PIL).
+
+        Args:
+            key: A sample key from :attr:`splits`.
+        """
+        return open_image(self.root, key)
+
+
+def open_image(root: str, key: str) -> Image.Image:
+    """Open the image ``key`` of dataset ``root`` as an RGB PIL image.
+
+    Args:
+        root: Dataset folder or ``"digits"``.
+        key: Path relative to ``root``, or ``"digits/<index>"``.
+
+    Raises:
+        OSError: The file cannot be decoded (truncated, corrupt, or not an image).
+    """
+    if root == DIGITS:
+        pixels = _digits()[0][int(key.split("/", 1)[1])]
+        return Image.fromarray(pixels, mode="L").convert("RGB")
+    with Image.open(Path(root) / key) as img:
+        return img.convert("RGB")
+
+
+class LabelledImages(Dataset[tuple[Any, int]]):
+    """A torch ``Dataset`` over one split: ``(transform(image), label)``.
+
+    Args:
+        dataset: The dataset.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        transform: Maps a PIL image to a tensor of shape ``(3, H, W)`` (timm's ``create_transform``).
+    """
+
+    def __init__(self, dataset: ImageDataset, split: str, transform: Callable[[Image.Image], Any]) -> None:
+        self.root = dataset.root
+        self.items = dataset.splits[split]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        key, label = self.items[index]
+        try:
+            image = open_image(self.root, key)
+        except OSError as err:
+            raise OSError(f"bad image {key!r} in {self.root}: {err}") from err
+        return self.transform(image), label
+
+    @property
+    def labels(self) -> list[int]:
+        """Labels of the split, in order."""
+        return [label for _, label in self.items]
+
+
+def load_dataset(
+    data: str | Path,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> ImageDataset:
+    """Scan, validate and split a dataset.
+
+    Args:
+        data: An ImageFolder directory, a directory with ``train/`` and ``val/`` (and optionally
+            ``test/``) ImageFolders, or ``"digits"``.
+        seed: Seed of the stratified split (unsplit data only).
+        val_fraction: Fraction of images for validation when splitting here.
+        test_fraction: Fraction of images for the test split when splitting here.
+
+    Returns:
+        The validated, split dataset.
+
+    Raises:
+        DataError: The folder is missing or empty, there are fewer than two classes, a class has
+            fewer than two decodable images, or the fractions are out of range.
+    """
+    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DataError(describe("val_fraction/test_fraction", "in (0, 1) and [0, 1) with a sum below 1",
+                                 (val_fraction, test_fraction)))
+    if str(data) == DIGITS and not Path(str(data)).exists():
+        return _digits_dataset(seed, val_fraction, test_fraction)
+    root = Path(data).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(describe("data", "an image folder, a folder with train/ and val/, or 'digits'",
+                                 str(data)))
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return _presplit_dataset(root)
+    classes, samples, excluded = _scan(root, root)
+    splits = _stratified_split(samples, len(classes), seed, val_fraction, test_fraction)
+    return ImageDataset(root.name, str(root), classes, splits, excluded, "stratified", seed)
+
+
+def _presplit_dataset(root: Path) -> ImageDataset:
+    classes, train, excluded = _scan(root / "train", root)
+    splits: dict[str, list[Sample]] = {"train": train}
+    for name in ("val", "test"):
+        folder = root / name
+        if not folder.is_dir():
+            splits[name] = []
+            continue
+        split_classes, items, bad = _scan(folder, root, min_per_class=1)
+        if split_classes != classes:
+            raise DataError(f"The classes of {folder} {list(split_classes)} differ from those of "
+                            f"{root / 'train'} {list(classes)}; every split needs the same class folders.")
+        splits[name] = items
+        excluded += bad
+    return ImageDataset(root.name, str(root), classes, splits, excluded, "folders", None)
+
+
+def _scan(folder: Path, root: Path, min_per_class: int = 2) -> tuple[tuple[str, ...], list[Sample], list[tuple[str, str]]]:
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(class_dirs) < 2:
+        raise DataError(f"{folder} must hold at least two class folders (one subfolder per class); "
+                        f"found {[p.name for p in class_dirs]}.")
+    samples: list[Sample] = []
+    excluded: list[tuple[str, str]] = []
+    for label, class_dir in enumerate(class_dirs):
+        for path in sorted(class_dir.rglob("*")):
+            if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in _EXTENSIONS:
+                continue
+            resolved = path.resolve()
+            if not resolved.is_relative_to(root):
+                excluded.append((str(path), f"resolves outside the dataset root {root}"))
+                continue
+            reason = _decode_error(resolved)
+            if reason:
+                excluded.append((str(path), reason))
+            else:
+                samples.append((path.relative_to(root).as_posix(), label))
+    counts = Counter(label for _, label in samples)
+    for label, class_dir in enumerate(class_dirs):
+        if counts[label] < min_per_class:
+            raise DataError(f"Class {class_dir.name!r} in {folder} has {counts[label]} decodable image(s); "
+                            f"each class needs at least {min_per_class}. Excluded: {excluded[:5]}")
+    return tuple(p.name for p in class_dirs), samples, excluded
+
+
+def _decode_error(path: Path) -> str | None:
+    """Decode the whole file (Pillow's truncation check and decompression-bomb limit stay on)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _stratified_split(samples: Sequence[Sample], n_classes: int, seed: int,
+                      val_fraction: float, test_fraction: float) -> dict[str, list[Sample]]:
+    """Stratified train / val / test split with scikit-learn; test is dropped on tiny data."""
+    n = len(samples)
+    n_val = max(n_classes, round(val_fraction * n))
+    n_test = max(n_classes, round(test_fraction * n)) if test_fraction > 0 else 0
+    if n - n_val - n_test < n_classes or min(Counter(y for _, y in samples).values()) < 3:
+        n_test = 0  # too few images per class for three splits: keep train and val only
+    items = list(samples)
+    labels = [y for _, y in items]
+    test: list[Sample] = []
+    if n_test:
+        items, test = train_test_split(items, test_size=n_test, stratify=labels, random_state=seed)
+        labels = [y for _, y in items]
+    train, val = train_test_split(items, test_size=n_val, stratify=labels, random_state=seed)
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+@lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = np.clip(bunch.images * (255.0 / 16.0), 0, 255).astype(np.uint8)  # (1797, 8, 8)
+    return pixels, bunch.target.astype(int)
+
+
+def _digits_dataset(seed: int, val_fraction: float, test_fraction: float) -> ImageDataset:
+    _, targets = _digits()
+    samples = [(f"{DIGITS}/{i}", int(y)) for i, y in enumerate(targets)]
+    splits = _stratified_split(samples, 10, seed, val_fraction, test_fraction)
+    return ImageDataset(DIGITS, DIGITS, tuple(str(i) for i in range(10)), splits, [], "stratified", seed)

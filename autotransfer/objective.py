@@ -1,0 +1,107 @@
+"""The objective: one Optuna trial = sample a strategy, build it, train it on the budget.
+
+Every trial records user attributes the leaderboard and report read back from storage:
+``family``, ``val_accuracy``, ``val_balanced_accuracy``, ``val_macro_f1``, ``val_loss``
+(after the last epoch run), ``epochs``, ``seconds``, ``trainable_params``, ``total_params``,
+``n_frozen_groups``, ``n_groups`` and ``stop_reason`` (``completed``, ``pruned at epoch N``,
+``diverged: ...``, ``error: ...``, ``interrupted``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import optuna
+import torch
+
+from .data import DIGITS, ImageDataset
+from .errors import TrialFailed
+from .search_space import SearchSpace
+from .trainer import Budget, fit
+from .transfer import TransferNet, count_parameters, freeze_backbone, make_head
+from .zoo import Zoo, create_backbone, feature_dim
+
+__all__ = ["Objective", "trial_seed", "EpochProgress"]
+
+EpochProgress = Callable[[optuna.Trial, int, dict[str, float]], None]
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """Seed of one trial, derived from the study seed and trial number (``numpy.random.SeedSequence``)."""
+    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
+
+
+@dataclass
+class Objective:
+    """Callable objective for ``study.optimize``: returns the val metric after the last epoch.
+
+    Attributes:
+        dataset: The split dataset.
+        space: The search space sampled through the trial.
+        budget: Epochs, batch size and metric.
+        zoo: Local weights, tried before timm's download.
+        device: Where trials train.
+        seed: Study seed; each trial is seeded with :func:`trial_seed`.
+        on_epoch: Optional progress hook called after every epoch.
+
+    Raises (from ``__call__``):
+        optuna.TrialPruned: The pruner stopped the trial.
+        TrialFailed: Training diverged or hit an error; pass it to ``optimize(catch=...)``.
+    """
+
+    dataset: ImageDataset
+    space: SearchSpace
+    budget: Budget
+    zoo: Zoo
+    device: torch.device
+    seed: int = 0
+    on_epoch: EpochProgress | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        start = time.perf_counter()
+        strategy = self.space.suggest(trial)
+        trial.set_user_attr("family", strategy.family)
+        try:
+            backbone, data_config = create_backbone(strategy.backbone, self.zoo)
+            freeze = freeze_backbone(backbone, strategy.freeze_depth)
+            net = TransferNet(backbone, make_head(feature_dim(backbone), strategy.head_width,
+                                                  self.dataset.n_classes))
+            trainable, total = count_parameters(net)
+            for key, value in (("trainable_params", trainable), ("total_params", total),
+                               ("n_groups", freeze.n_groups), ("n_frozen_groups", freeze.n_frozen)):
+                trial.set_user_attr(key, value)
+            result = fit(net, self.dataset, data_config, self.budget, strategy.learning_rate,
+                         seed=trial_seed(self.seed, trial.number), device=self.device,
+                         on_epoch=lambda epoch, metrics: self._report(trial, epoch, metrics),
+                         hflip=self.dataset.root != DIGITS)
+        except KeyboardInterrupt:
+            self._finish(trial, "interrupted", start)
+            raise
+        except TrialFailed as err:
+            self._finish(trial, err.reason, start)
+            raise
+        except (RuntimeError, OSError, ValueError) as err:
+            reason = f"error: {type(err).__name__}: {err}"
+            self._finish(trial, reason, start)
+            raise TrialFailed(reason) from err
+        self._finish(trial, result.stop_reason, start)
+        if result.stop_reason != "completed":
+            raise optuna.TrialPruned(result.stop_reason)
+        return result.metrics[self.budget.metric]
+
+    def _report(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> bool:
+        trial.report(metrics[self.budget.metric], epoch)
+        for name, value in metrics.items():
+            trial.set_user_attr(f"val_{name}", value)
+        trial.set_user_attr("epochs", epoch)
+        if self.on_epoch is not None:
+            self.on_epoch(trial, epoch, metrics)
+        return trial.should_prune()
+
+    @staticmethod
+    def _finish(trial: optuna.Trial, reason: str, start: float) -> None:
+        trial.set_user_attr("stop_reason", reason)
+        trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))

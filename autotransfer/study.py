@@ -1,0 +1,266 @@
+"""The study: sampler, pruner, storage, resume checks, and the ``search`` entry point.
+
+Defaults (DESIGN.md): ``TPESampler`` with every option that changed between Optuna 4 and 5 passed
+explicitly, and ``HyperbandPruner`` over epochs (Li et al., 2018, "Hyperband", JMLR 18(185)).
+The study stores its configuration (dataset fingerprint, split, search space, budget) as user
+attributes and refuses to resume with a different one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from .data import ImageDataset, load_dataset
+from .errors import ConfigError, StudyMismatchError, TrialFailed, describe
+from .leaderboard import leaderboard
+from .objective import EpochProgress, Objective
+from .report import write_outputs
+from .search_space import SearchSpace, load_search_space
+from .trainer import Budget, resolve_device
+from .zoo import Zoo, check_backbones, load_zoo
+
+__all__ = ["search", "SearchResult", "make_sampler", "make_pruner", "study_config", "open_study",
+           "finished_trials", "PRUNERS"]
+
+logger = logging.getLogger(__name__)
+
+PRUNERS = ("hyperband", "median", "sha", "none")
+CONFIG_ATTR = "autotransfer.config"
+SPLIT_ATTR = "autotransfer.split"
+StudyCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+def make_sampler(seed: int, n_startup_trials: int = 5) -> optuna.samplers.TPESampler:
+    """The default sampler: seeded multivariate TPE (Bergstra et al., 2011; Falkner et al., 2018).
+
+    ``constant_liar`` keeps parallel workers from sampling the same point (Optuna docs).
+
+    Args:
+        seed: Sampler seed.
+        n_startup_trials: Random trials before TPE models the space.
+    """
+    with warnings.catch_warnings():  # `group` and `constant_liar` are flagged experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=n_startup_trials)
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """Build a pruner over epochs.
+
+    Args:
+        name: ``"hyperband"`` (default; ``min_resource=1``, ``max_resource=epochs``,
+            ``reduction_factor=3``), ``"median"`` (after 2 complete trials), ``"sha"`` (successive
+            halving, ``min_resource=1``, ``reduction_factor=3``) or ``"none"``.
+        epochs: The budget's maximum epochs.
+
+    Raises:
+        ConfigError: Unknown name.
+    """
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(describe("pruner", f"one of {list(PRUNERS)}", name))
+
+
+def study_config(dataset: ImageDataset, space: SearchSpace, budget: Budget) -> dict[str, Any]:
+    """The configuration a study is tied to; resuming with a different one is refused."""
+    return {
+        "dataset": {"name": dataset.name, "classes": list(dataset.classes), "counts": dataset.counts(),
+                    "fingerprint": dataset.fingerprint()},
+        "split": {"method": dataset.split_method, "seed": dataset.split_seed},
+        "space": space.as_dict(),
+        "budget": {"epochs": budget.epochs, "batch_size": budget.batch_size, "metric": budget.metric,
+                   "weight_decay": budget.weight_decay},
+    }
+
+
+def open_study(storage: str | optuna.storages.BaseStorage | None, study_name: str, config: dict[str, Any],
+               *, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
+               split: dict[str, Any] | None = None) -> optuna.Study:
+    """Create the study, or load it and check it was made with the same configuration.
+
+    Args:
+        storage: Optuna storage URL or object (None: in memory).
+        study_name: Study name.
+        config: From :func:`study_config`.
+        sampler: The sampler.
+        pruner: The pruner.
+        split: The split to store with a new study (``ImageDataset.split_record()``).
+
+    Raises:
+        StudyMismatchError: The stored study was made with a different dataset, split, space or budget.
+    """
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is None:
+        study.set_user_attr(CONFIG_ATTR, config)
+        if split is not None:
+            study.set_user_attr(SPLIT_ATTR, split)
+        return study
+    differences = [f"{key}: stored {json.dumps(stored.get(key), sort_keys=True)[:300]}, "
+                   f"requested {json.dumps(config[key], sort_keys=True)[:300]}"
+                   for key in config if stored.get(key) != config[key]]
+    if differences:
+        raise StudyMismatchError(
+            f"Study {study_name!r} in {storage} was created with a different configuration, so its "
+            "trials cannot be compared with new ones:\n  " + "\n  ".join(differences)
+            + "\nUse another --study-name (or --out), or run with the stored settings to resume.")
+    return study
+
+
+def finished_trials(study: optuna.Study) -> int:
+    """Trials that count towards ``n_trials``: complete, pruned and failed, except interrupted ones."""
+    count = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                         TrialState.FAIL)):
+        if not (trial.state == TrialState.FAIL and trial.user_attrs.get("stop_reason") == "interrupted"):
+            count += 1
+    return count
+
+
+@dataclass
+class SearchResult:
+    """The outcome of a search, read from the study's storage.
+
+    Attributes:
+        study: The Optuna study.
+        dataset: The dataset searched on (None when loaded from storage alone).
+        out: Folder holding ``leaderboard.csv`` and ``report.html``, if any.
+    """
+
+    study: optuna.Study
+    dataset: ImageDataset | None = None
+    out: Path | None = None
+    _metric: str = field(default="accuracy", repr=False)
+
+    @property
+    def leaderboard(self) -> pd.DataFrame:
+        """One row per trial, ranked (see :func:`autotransfer.leaderboard`)."""
+        return leaderboard(self.study, self._metric)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The best complete trial's strategy and metrics as a dict, or None if none completed."""
+        trial = self._best_trial()
+        if trial is None:
+            return None
+        return {**trial.params, "trial": trial.number, **{k: trial.user_attrs.get(k) for k in (
+            "family", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "epochs", "seconds",
+            "trainable_params")}}
+
+    @property
+    def best_value(self) -> float | None:
+        """The best complete trial's objective value (validation metric), or None."""
+        trial = self._best_trial()
+        return None if trial is None else trial.value
+
+    def _best_trial(self) -> FrozenTrial | None:
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+
+
+def search(
+    data: str | Path | ImageDataset,
+    *,
+    space: str | Path | SearchSpace | dict[str, Any] = "default",
+    n_trials: int | None = 20,
+    timeout: float | None = None,
+    epochs: int = 3,
+    batch_size: int = 32,
+    metric: str = "accuracy",
+    pruner: str = "hyperband",
+    storage: str | None = None,
+    study_name: str | None = None,
+    out: str | Path | None = None,
+    zoo: str | Path | Zoo | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    on_epoch: EpochProgress | None = None,
+    callbacks: Sequence[StudyCallback] = (),
+) -> SearchResult:
+    """Search transfer strategies for a dataset and return the ranked result.
+
+    Everything is validated (dataset scanned, space parsed, backbones resolved, stored study
+    configuration compared) before the first trial trains. Re-running with the same storage and
+    study name resumes: finished trials are kept and ``n_trials`` counts the total.
+
+    Args:
+        data: Image folder, folder with ``train/`` and ``val/``, ``"digits"``, or an
+            :class:`~autotransfer.data.ImageDataset`.
+        space: Search space: bundled name (``"default"``, ``"small"``, ``"demo"``), YAML path,
+            mapping or :class:`SearchSpace`.
+        n_trials: Total finished trials wanted in the study (None: until ``timeout``).
+        timeout: Stop starting trials after this many seconds of this run (None: no limit).
+        epochs: Maximum epochs per trial.
+        batch_size: Images per step.
+        metric: Objective: ``"accuracy"``, ``"balanced_accuracy"`` or ``"macro_f1"`` on val.
+        pruner: ``"hyperband"``, ``"median"``, ``"sha"`` or ``"none"``.
+        storage: Optuna storage URL; default ``sqlite:///OUT/study.db`` when ``out`` is given,
+            else in memory.
+        study_name: Default: the dataset's name.
+        out: Folder for ``study.db``, ``leaderboard.csv`` and ``report.html`` (None: write nothing).
+        zoo: Local zoo file (default ``$AUTOTRANSFER_ZOO``) or :class:`Zoo`.
+        seed: Seeds the split, the sampler and every trial.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        on_epoch: Called as ``on_epoch(trial, epoch, val_metrics)`` after every epoch.
+        callbacks: Optuna callbacks ``(study, frozen_trial)`` run after every trial.
+
+    Returns:
+        A :class:`SearchResult` with ``.leaderboard``, ``.best``, ``.best_value`` and ``.study``.
+
+    Raises:
+        ConfigError: A bad option, space or zoo. DataError: a bad dataset.
+        WeightsNotFoundError: A backbone has no weights. StudyMismatchError: resuming a study made
+            with another configuration. KeyboardInterrupt: re-raised after the outputs are written.
+    """
+    if n_trials is not None and (isinstance(n_trials, bool) or n_trials < 1):
+        raise ConfigError(describe("n_trials", "a positive integer or None", n_trials))
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(describe("timeout", "a positive number of seconds or None", timeout))
+    budget = Budget(epochs=epochs, batch_size=batch_size, metric=metric)
+    sampler, pruner_obj = make_sampler(seed), make_pruner(pruner, epochs)
+    torch_device = resolve_device(device)
+    search_space = load_search_space(space)
+    local_zoo = zoo if isinstance(zoo, Zoo) else load_zoo(zoo)
+    check_backbones(search_space.backbones, local_zoo)
+    dataset = data if isinstance(data, ImageDataset) else load_dataset(data, seed=seed)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        storage = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    study = open_study(storage, study_name or dataset.name, study_config(dataset, search_space, budget),
+                       sampler=sampler, pruner=pruner_obj, split=dataset.split_record())
+    study.set_user_attr("autotransfer.excluded", [list(item) for item in dataset.excluded])
+    result = SearchResult(study, dataset, out_dir, metric)
+    objective = Objective(dataset, search_space, budget, local_zoo, torch_device, seed, on_epoch)
+    remaining = None if n_trials is None else n_trials - finished_trials(study)
+    all_callbacks = list(callbacks)
+    if out_dir is not None:
+        all_callbacks.append(lambda s, t: write_outputs(s, out_dir))
+    try:
+        if remaining is None or remaining > 0:
+            study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(TrialFailed,),
+                           callbacks=all_callbacks)
+        else:
+            logger.info("Study %r already has %d finished trials; nothing to run.", study.study_name,
+                        n_trials)
+    finally:
+        if out_dir is not None:
+            write_outputs(study, out_dir)
+    return result

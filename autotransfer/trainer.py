@@ -1,0 +1,239 @@
+"""The trainer: fit one strategy on a budget, evaluating on val after every epoch.
+
+Recipe: AdamW (``timm.optim.create_optimizer_v2``, no weight decay on biases and norms) with a
+per-step cosine schedule (``timm.scheduler.create_scheduler_v2``), cross-entropy loss, light
+augmentation from ``timm.data.create_transform`` (random resized crop at scale 0.5-1 and a
+horizontal flip; no colour jitter, since a budget of a few epochs on small data does not absorb
+strong augmentation). Evaluation uses the weights' own eval transform (resize, centre crop).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import timm.data
+import timm.optim
+import timm.scheduler
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import ImageDataset, LabelledImages
+from .errors import ConfigError, TrialFailed, describe
+
+__all__ = ["Budget", "TrainResult", "fit", "evaluate", "resolve_device", "make_transforms", "METRICS"]
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+EpochCallback = Callable[[int, dict[str, float]], bool]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one trial may spend, and the objective it is scored by.
+
+    Attributes:
+        epochs: Maximum epochs per trial (the fidelity unit for pruning).
+        batch_size: Images per optimisation step.
+        metric: Validation metric maximised: ``"accuracy"``, ``"balanced_accuracy"`` or ``"macro_f1"``.
+        weight_decay: AdamW weight decay (0.01, PyTorch's AdamW default).
+
+    Raises:
+        ConfigError: A value is out of range (raised on construction).
+    """
+
+    epochs: int = 3
+    batch_size: int = 32
+    metric: str = "accuracy"
+    weight_decay: float = 0.01
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ConfigError(describe("epochs", "a positive integer", self.epochs))
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(describe("batch_size", "a positive integer", self.batch_size))
+        if self.metric not in METRICS:
+            raise ConfigError(describe("metric", f"one of {list(METRICS)}", self.metric))
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ConfigError(describe("weight_decay", "a non-negative number", self.weight_decay))
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` measured.
+
+    Attributes:
+        metrics: Validation metrics after the last epoch run (``accuracy``, ``balanced_accuracy``,
+            ``macro_f1``, ``loss``).
+        epochs_run: Epochs completed.
+        seconds: Wall-clock seconds of training and evaluation.
+        stop_reason: ``"completed"`` or ``"pruned at epoch N"``.
+        history: Per-epoch validation metrics, one dict per epoch.
+    """
+
+    metrics: dict[str, float]
+    epochs_run: int
+    seconds: float
+    stop_reason: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn ``"auto"``, ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``) into a ``torch.device``.
+
+    Raises:
+        ConfigError: The name is not accepted, or CUDA was asked for and is not available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(describe("device", "'auto' or 'cpu' on this machine (CUDA is not available)",
+                                       device))
+        return torch.device(device)
+    raise ConfigError(describe("device", "'auto', 'cpu' or 'cuda'", device))
+
+
+def make_transforms(data_config: dict[str, Any], *, hflip: bool = True) -> tuple[Any, Any]:
+    """Train and eval transforms from a backbone's data config, through timm.
+
+    Args:
+        data_config: From ``timm.data.resolve_model_data_config``.
+        hflip: Whether training flips images horizontally (off for digits and text).
+
+    Returns:
+        ``(train_transform, eval_transform)``; each maps a PIL image to a float tensor of shape
+        ``(3, H, W)`` with ``(H, W) = data_config["input_size"][1:]``.
+    """
+    common = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std")}
+    train = timm.data.create_transform(**common, is_training=True, scale=(0.5, 1.0),
+                                       hflip=0.5 if hflip else 0.0, color_jitter=None)  # type: ignore[arg-type]
+    evaluation = timm.data.create_transform(**common, crop_pct=data_config.get("crop_pct"),
+                                            crop_mode=data_config.get("crop_mode"))
+    return train, evaluation
+
+
+def _loader(images: LabelledImages, batch_size: int, *, shuffle: bool, seed: int,
+            device: torch.device) -> DataLoader[Any]:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(images, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=0, pin_memory=device.type == "cuda")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> dict[str, float]:
+    """Validation metrics of ``model`` over ``loader``.
+
+    Args:
+        model: Maps ``(B, 3, H, W)`` to logits ``(B, n_classes)``.
+        loader: Yields ``(images, labels)``.
+        device: Where the model lives.
+
+    Returns:
+        ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (scikit-learn) and mean cross-entropy ``loss``.
+    """
+    model.eval()
+    preds: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    loss_sum = 0.0
+    for x, y in loader:
+        logits = model(x.to(device, non_blocking=True))
+        loss_sum += float(F.cross_entropy(logits, y.to(device), reduction="sum"))
+        preds.append(logits.argmax(dim=1).cpu().numpy())
+        labels.append(y.numpy())
+    y_true, y_pred = np.concatenate(labels), np.concatenate(preds)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "loss": loss_sum / max(1, len(y_true)),
+    }
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's generators (timm's transforms use ``random``)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fit(
+    model: nn.Module,
+    dataset: ImageDataset,
+    data_config: dict[str, Any],
+    budget: Budget,
+    learning_rate: float,
+    *,
+    seed: int,
+    device: torch.device,
+    on_epoch: EpochCallback | None = None,
+    hflip: bool = True,
+) -> TrainResult:
+    """Train ``model`` on the train split for up to ``budget.epochs`` epochs.
+
+    After each epoch the val metrics are passed to ``on_epoch(epoch, metrics)``; a True return
+    stops training (the pruner's decision).
+
+    Args:
+        model: A :class:`~autotransfer.transfer.TransferNet`, already frozen; images of shape
+            ``(B, 3, H, W)`` in, logits ``(B, n_classes)`` out.
+        dataset: The split dataset.
+        data_config: The backbone's timm data config (input size, mean, std, interpolation, crop).
+        budget: Epochs, batch size and metric.
+        learning_rate: Peak AdamW learning rate, cosine-decayed to 0 over the budget's steps.
+        seed: Seeds weight init of the head, shuffling and augmentation.
+        device: Where to train.
+        on_epoch: Called with the 1-based epoch and the val metrics; returns True to stop.
+        hflip: Whether training augmentation flips horizontally.
+
+    Returns:
+        The :class:`TrainResult`.
+
+    Raises:
+        TrialFailed: The loss became NaN or infinite (reason ``"diverged: ..."``).
+    """
+    start = time.perf_counter()
+    seed_everything(seed)
+    train_tf, eval_tf = make_transforms(data_config, hflip=hflip)
+    train_loader = _loader(LabelledImages(dataset, "train", train_tf), budget.batch_size,
+                           shuffle=True, seed=seed, device=device)
+    val_loader = _loader(LabelledImages(dataset, "val", eval_tf), budget.batch_size,
+                         shuffle=False, seed=seed, device=device)
+    model.to(device)
+    optimizer = timm.optim.create_optimizer_v2(model, opt="adamw", lr=learning_rate,
+                                               weight_decay=budget.weight_decay)
+    scheduler, _ = timm.scheduler.create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=budget.epochs, min_lr=0.0, warmup_epochs=0,
+        step_on_epochs=False, updates_per_epoch=len(train_loader))
+    history: list[dict[str, float]] = []
+    stop_reason = "completed"
+    for epoch in range(1, budget.epochs + 1):
+        _train_epoch(model, train_loader, optimizer, scheduler, epoch, device)
+        history.append(evaluate(model, val_loader, device))
+        if on_epoch is not None and on_epoch(epoch, history[-1]) and epoch < budget.epochs:
+            stop_reason = f"pruned at epoch {epoch}"
+            break
+    return TrainResult(history[-1], len(history), time.perf_counter() - start, stop_reason, history)
+
+
+def _train_epoch(model: nn.Module, loader: DataLoader[Any], optimizer: torch.optim.Optimizer,
+                 scheduler: Any, epoch: int, device: torch.device) -> None:
+    model.train()
+    updates = (epoch - 1) * len(loader)
+    for step, (x, y) in enumerate(loader, start=1):
+        loss = F.cross_entropy(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
+        if not torch.isfinite(loss):
+            raise TrialFailed(f"diverged: loss is {loss.item()} at epoch {epoch} step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        updates += 1
+        scheduler.step_update(num_updates=updates)

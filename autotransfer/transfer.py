@@ -1,0 +1,168 @@
+"""Freezing and heads: turn a pretrained backbone into a transfer model.
+
+Freeze depth follows DESIGN.md: the backbone's parameters are grouped into timm's fine block
+groups (``model.group_matcher(coarse=False)`` through ``timm.models.group_parameters``, or
+``timm.optim.auto_group_layers`` for architectures without a matcher), ordered from the stem to
+the last block; ``freeze_depth`` is the fraction of those groups frozen, counted from the stem.
+Frozen modules get ``requires_grad=False`` and their BatchNorm layers are swapped for
+``FrozenBatchNorm2d`` by ``timm.utils.freeze``. The new head is never frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import timm
+import torch
+from timm.layers import FrozenBatchNormAct2d, Mlp
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .errors import ConfigError, describe
+from .zoo import feature_dim
+
+__all__ = ["TransferNet", "FreezeReport", "block_groups", "freeze_backbone", "make_head", "count_parameters"]
+
+
+def block_groups(model: nn.Module) -> dict[str, int]:
+    """Map each backbone parameter name to its timm block-group index (0 = stem).
+
+    Args:
+        model: A timm model.
+
+    Returns:
+        ``{parameter name: group index}``; indices run from 0 to ``n_groups - 1``.
+    """
+    matcher = getattr(model, "group_matcher", None)
+    if matcher is not None:
+        try:
+            return dict(timm.models.group_parameters(model, matcher(coarse=False), reverse=True))
+        except NotImplementedError:
+            pass
+    return dict(timm.optim.auto_group_layers(model))
+
+
+@dataclass(frozen=True)
+class FreezeReport:
+    """What :func:`freeze_backbone` froze.
+
+    Attributes:
+        n_groups: Number of block groups in the backbone.
+        n_frozen: Number of groups frozen (from the stem).
+        frozen_modules: Names of the modules frozen through ``timm.utils.freeze``.
+    """
+
+    n_groups: int
+    n_frozen: int
+    frozen_modules: tuple[str, ...]
+
+
+def freeze_backbone(model: nn.Module, freeze_depth: float) -> FreezeReport:
+    """Freeze the first ``round(freeze_depth * n_groups)`` block groups of a timm backbone in place.
+
+    Args:
+        model: A timm backbone (built with ``num_classes=0``).
+        freeze_depth: Fraction in [0, 1]; 0.0 trains everything (full fine-tuning), 1.0 freezes
+            every group (linear probe).
+
+    Returns:
+        A :class:`FreezeReport`.
+
+    Raises:
+        ConfigError: ``freeze_depth`` is outside [0, 1].
+    """
+    if not 0.0 <= freeze_depth <= 1.0 or math.isnan(freeze_depth):
+        raise ConfigError(describe("freeze_depth", "a fraction in [0, 1]", freeze_depth))
+    groups = block_groups(model)
+    n_groups = max(groups.values()) + 1 if groups else 0
+    n_frozen = int(round(freeze_depth * n_groups))
+    frozen = [name for name, gid in groups.items() if gid < n_frozen]
+    modules = sorted({name.rsplit(".", 1)[0] for name in frozen if "." in name})
+    # Parameters held by the root module itself (ViT cls_token, pos_embed) follow their group;
+    # timm.utils.freeze would freeze the whole root for them, so they are frozen one by one.
+    root_params = dict(model.named_parameters(recurse=False))
+    for name in frozen:
+        if "." not in name:
+            root_params[name].requires_grad_(False)
+    if modules:
+        timm.utils.freeze(model, submodules=modules, include_bn_running_stats=True)
+    return FreezeReport(n_groups=n_groups, n_frozen=n_frozen, frozen_modules=tuple(modules))
+
+
+def make_head(in_features: int, head_width: int, n_classes: int) -> nn.Module:
+    """Build a classification head on pre-logits features.
+
+    Args:
+        in_features: Feature width (``feature_dim(backbone)``).
+        head_width: 0 for a linear head; else the hidden width of a one-hidden-layer MLP
+            (``timm.layers.Mlp`` with ReLU).
+        n_classes: Number of classes.
+
+    Returns:
+        A module mapping ``(B, in_features)`` to logits ``(B, n_classes)``.
+
+    Raises:
+        ConfigError: ``head_width`` is negative or ``n_classes`` below 2.
+    """
+    if head_width < 0:
+        raise ConfigError(describe("head_width", "0 (linear head) or a positive MLP width", head_width))
+    if n_classes < 2:
+        raise ConfigError(describe("n_classes", "at least 2", n_classes))
+    if head_width == 0:
+        return nn.Linear(in_features, n_classes)
+    return Mlp(in_features, hidden_features=head_width, out_features=n_classes, act_layer=nn.ReLU)
+
+
+class TransferNet(nn.Module):
+    """A pretrained backbone with a new head on its pre-logits features.
+
+    Args:
+        backbone: A timm model built with ``num_classes=0``.
+        head: Maps ``(B, feature_dim(backbone))`` to ``(B, n_classes)``.
+
+    Shapes:
+        input ``(B, 3, H, W)`` float, preprocessed with the backbone's data config;
+        output ``(B, n_classes)`` logits.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-logits features, shape ``(B, feature_dim)``."""
+        bb = self.backbone
+        return bb.forward_head(bb.forward_features(x), pre_logits=True)  # type: ignore[operator]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape ``(B, n_classes)`` for images of shape ``(B, 3, H, W)``."""
+        return self.head(self.features(x))
+
+    @classmethod
+    def build(cls, backbone: nn.Module, freeze_depth: float, head_width: int, n_classes: int) -> TransferNet:
+        """Freeze ``backbone`` to ``freeze_depth`` and put a new head on it.
+
+        Args:
+            backbone: A timm model built with ``num_classes=0``; modified in place.
+            freeze_depth: Fraction of block groups frozen, in [0, 1].
+            head_width: 0 for a linear head, else MLP hidden width.
+            n_classes: Number of classes.
+        """
+        freeze_backbone(backbone, freeze_depth)
+        return cls(backbone, make_head(feature_dim(backbone), head_width, n_classes))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """Return ``(trainable, total)`` parameter counts of ``model``.
+
+    The total includes the affine weights that ``timm.utils.freeze`` moved into buffers of
+    ``FrozenBatchNorm2d`` layers, so it does not depend on the freeze depth.
+    """
+    total = sum(p.numel() for p in model.parameters())
+    for module in model.modules():
+        if isinstance(module, (FrozenBatchNorm2d, FrozenBatchNormAct2d)):
+            total += module.weight.numel() + module.bias.numel()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
