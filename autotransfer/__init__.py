@@ -25,12 +25,12 @@ from .zoo import Zoo, ZooEntry, check_backbones, create_backbone, feature_dim, l
 __version__ = "0.1.0"
 
 __all__ = [
+    "LEADERBOARD_COLUMNS",
     "AutotransferError",
     "Budget",
     "ConfigError",
     "DataError",
     "ImageDataset",
-    "LEADERBOARD_COLUMNS",
     "LabelledImages",
     "Objective",
     "SearchResult",
@@ -43,6 +43,7 @@ __all__ = [
     "WeightsNotFoundError",
     "Zoo",
     "ZooEntry",
+    "__version__",
     "block_groups",
     "bundled_spaces",
     "check_backbones",
@@ -67,5 +68,4 @@ __all__ = [
     "strategy_family",
     "trial_seed",
     "write_outputs",
-    "__version__",
 ]

@@ -10,8 +10,8 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial
 from .errors import AutotransferError
 from .study import PRUNERS, SearchResult, search
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 _SHOW = ["rank", "number", "state", "value", "params_backbone", "params_freeze_depth", "params_head_width",
          "params_learning_rate", "epochs", "seconds", "stop_reason"]
@@ -115,9 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _print_summary(result: SearchResult, out: Path) -> None:
     board = result.leaderboard
     if result.dataset is not None and result.dataset.excluded:
-        print(f"{len(result.dataset.excluded)} file(s) could not be decoded and were excluded:")
-        for path, reason in result.dataset.excluded:
-            print(f"  {path}: {reason}")
+        print(f"{len(result.dataset.excluded)} file(s) could not be decoded and were excluded (listed above).")
     print("\nLeaderboard (top 10):")
     print(board[_SHOW].head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if result.best is not None:

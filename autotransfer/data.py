@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -31,7 +32,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .errors import DataError, describe
 
-__all__ = ["ImageDataset", "LabelledImages", "load_dataset", "open_image", "DIGITS"]
+__all__ = ["DIGITS", "ImageDataset", "LabelledImages", "load_dataset", "open_image"]
 
 DIGITS = "digits"
 SPLITS = ("train", "val", "test")
@@ -194,7 +195,8 @@ def _presplit_dataset(root: Path) -> ImageDataset:
     return ImageDataset(root.name, str(root), classes, splits, excluded, "folders", None)
 
 
-def _scan(folder: Path, root: Path, min_per_class: int = 2) -> tuple[tuple[str, ...], list[Sample], list[tuple[str, str]]]:
+def _scan(folder: Path, root: Path, min_per_class: int = 2
+          ) -> tuple[tuple[str, ...], list[Sample], list[tuple[str, str]]]:
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(class_dirs) < 2:
         raise DataError(f"{folder} must hold at least two class folders (one subfolder per class); "

@@ -11,9 +11,9 @@ __all__ = [
     "AutotransferError",
     "ConfigError",
     "DataError",
-    "WeightsNotFoundError",
     "StudyMismatchError",
     "TrialFailed",
+    "WeightsNotFoundError",
     "describe",
 ]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
-__all__ = ["leaderboard", "LEADERBOARD_COLUMNS"]
+__all__ = ["LEADERBOARD_COLUMNS", "leaderboard"]
 
 _PARAMS = ["params_backbone", "params_freeze_depth", "params_head_width", "params_learning_rate"]
 _ATTRS = ["family", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "epochs", "seconds",

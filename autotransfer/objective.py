@@ -10,8 +10,8 @@ Every trial records user attributes the leaderboard and report read back from st
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import optuna
@@ -20,11 +20,11 @@ import torch
 from .data import DIGITS, ImageDataset
 from .errors import TrialFailed
 from .search_space import SearchSpace
-from .trainer import Budget, fit
+from .trainer import Budget, fit, seed_everything
 from .transfer import TransferNet, count_parameters, freeze_backbone, make_head
 from .zoo import Zoo, create_backbone, feature_dim
 
-__all__ = ["Objective", "trial_seed", "EpochProgress"]
+__all__ = ["EpochProgress", "Objective", "trial_seed"]
 
 EpochProgress = Callable[[optuna.Trial, int, dict[str, float]], None]
 
@@ -62,6 +62,8 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         start = time.perf_counter()
+        seed = trial_seed(self.seed, trial.number)
+        seed_everything(seed)  # before building: the head's initial weights come from this seed
         strategy = self.space.suggest(trial)
         trial.set_user_attr("family", strategy.family)
         try:
@@ -74,7 +76,7 @@ class Objective:
                                ("n_groups", freeze.n_groups), ("n_frozen_groups", freeze.n_frozen)):
                 trial.set_user_attr(key, value)
             result = fit(net, self.dataset, data_config, self.budget, strategy.learning_rate,
-                         seed=trial_seed(self.seed, trial.number), device=self.device,
+                         seed=seed, device=self.device,
                          on_epoch=lambda epoch, metrics: self._report(trial, epoch, metrics),
                          hflip=self.dataset.root != DIGITS)
         except KeyboardInterrupt:

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from .leaderboard import leaderboard
 
-__all__ = ["write_outputs", "render_report", "atomic_write_text"]
+__all__ = ["atomic_write_text", "render_report", "write_outputs"]
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("autotransfer", "templates"),

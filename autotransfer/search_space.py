@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import optuna
 import yaml
@@ -25,10 +26,10 @@ import yaml
 from .errors import ConfigError, describe
 
 __all__ = [
-    "Strategy",
     "SearchSpace",
-    "load_search_space",
+    "Strategy",
     "bundled_spaces",
+    "load_search_space",
     "strategy_family",
 ]
 

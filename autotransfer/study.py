@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -28,8 +29,16 @@ from .search_space import SearchSpace, load_search_space
 from .trainer import Budget, resolve_device
 from .zoo import Zoo, check_backbones, load_zoo
 
-__all__ = ["search", "SearchResult", "make_sampler", "make_pruner", "study_config", "open_study",
-           "finished_trials", "PRUNERS"]
+__all__ = [
+    "PRUNERS",
+    "SearchResult",
+    "finished_trials",
+    "make_pruner",
+    "make_sampler",
+    "open_study",
+    "search",
+    "study_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +249,8 @@ def search(
     local_zoo = zoo if isinstance(zoo, Zoo) else load_zoo(zoo)
     check_backbones(search_space.backbones, local_zoo)
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data, seed=seed)
+    for path, reason in dataset.excluded:
+        logger.warning("Excluded (cannot be decoded): %s: %s", path, reason)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

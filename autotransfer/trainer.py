@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import timm.data
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader
 from .data import ImageDataset, LabelledImages
 from .errors import ConfigError, TrialFailed, describe
 
-__all__ = ["Budget", "TrainResult", "fit", "evaluate", "resolve_device", "make_transforms", "METRICS"]
+__all__ = ["METRICS", "Budget", "TrainResult", "evaluate", "fit", "make_transforms", "resolve_device"]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 EpochCallback = Callable[[int, dict[str, float]], bool]

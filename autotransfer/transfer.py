@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-import timm
+import timm.models
+import timm.optim
+import timm.utils
 import torch
 from timm.layers import FrozenBatchNormAct2d, Mlp
 from torch import nn
@@ -22,7 +25,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from .errors import ConfigError, describe
 from .zoo import feature_dim
 
-__all__ = ["TransferNet", "FreezeReport", "block_groups", "freeze_backbone", "make_head", "count_parameters"]
+__all__ = ["FreezeReport", "TransferNet", "block_groups", "count_parameters", "freeze_backbone", "make_head"]
 
 
 def block_groups(model: nn.Module) -> dict[str, int]:
@@ -76,7 +79,7 @@ def freeze_backbone(model: nn.Module, freeze_depth: float) -> FreezeReport:
         raise ConfigError(describe("freeze_depth", "a fraction in [0, 1]", freeze_depth))
     groups = block_groups(model)
     n_groups = max(groups.values()) + 1 if groups else 0
-    n_frozen = int(round(freeze_depth * n_groups))
+    n_frozen = round(freeze_depth * n_groups)
     frozen = [name for name, gid in groups.items() if gid < n_frozen]
     modules = sorted({name.rsplit(".", 1)[0] for name in frozen if "." in name})
     # Parameters held by the root module itself (ViT cls_token, pos_embed) follow their group;
@@ -133,8 +136,8 @@ class TransferNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-logits features, shape ``(B, feature_dim)``."""
-        bb = self.backbone
-        return bb.forward_head(bb.forward_features(x), pre_logits=True)  # type: ignore[operator]
+        bb: Any = self.backbone  # a timm model: forward_features / forward_head
+        return bb.forward_head(bb.forward_features(x), pre_logits=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(B, n_classes)`` for images of shape ``(B, 3, H, W)``."""
@@ -163,6 +166,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     for module in model.modules():
         if isinstance(module, (FrozenBatchNorm2d, FrozenBatchNormAct2d)):
-            total += module.weight.numel() + module.bias.numel()
+            frozen: Any = module  # weight and bias are buffers here
+            total += frozen.weight.numel() + frozen.bias.numel()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total

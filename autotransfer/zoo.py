@@ -16,9 +16,10 @@ error naming what was tried, never a silent random initialisation (DESIGN.md).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import timm
 import yaml
@@ -26,7 +27,7 @@ from torch import nn
 
 from .errors import ConfigError, WeightsNotFoundError, describe
 
-__all__ = ["Zoo", "ZooEntry", "load_zoo", "create_backbone", "check_backbones", "feature_dim", "ZOO_ENV"]
+__all__ = ["ZOO_ENV", "Zoo", "ZooEntry", "check_backbones", "create_backbone", "feature_dim", "load_zoo"]
 
 ZOO_ENV = "AUTOTRANSFER_ZOO"
 _ENTRY_KEYS = {"architecture", "file", "model_kwargs", "pretrained_cfg", "source"}
@@ -190,6 +191,6 @@ def feature_dim(model: nn.Module) -> int:
     Returns:
         The number of pre-logits features per image.
     """
-    width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features")
+    width: Any = getattr(model, "head_hidden_size", None) or model.num_features
     return int(width)
 

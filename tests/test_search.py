@@ -95,3 +95,11 @@ def test_real_weights_transfer_on_real_photos(tmp_path: Path, tiny_hymenoptera: 
     assert result.best is not None and result.best["family"].endswith("linear probe / linear head")
     html = (tmp_path / "o" / "report.html").read_text()
     assert "hymenoptera_tiny" in html and "Recommended strategy" in html
+
+
+def test_same_seed_gives_the_same_strategies_and_metrics(digits_small: ImageDataset, test_model_zoo: Path,
+                                                         tiny_space: dict[str, object]) -> None:
+    runs = [search(digits_small, space=tiny_space, n_trials=2, epochs=1, zoo=test_model_zoo, seed=7,
+                   device="cpu", pruner="none") for _ in range(2)]
+    first, second = ([(t.params, t.value) for t in run.study.trials] for run in runs)
+    assert first == second

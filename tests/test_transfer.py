@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import timm
 import torch
@@ -21,7 +23,7 @@ def test_trainable_fraction_grows_as_freeze_depth_falls(arch: str) -> None:
         trainable.append(n_train / n_total)
     assert trainable[0] == 1.0  # full fine-tuning
     assert trainable[-1] == 0.0  # linear probe: the whole backbone is frozen
-    assert all(a > b for a, b in zip(trainable, trainable[1:])), trainable
+    assert all(a > b for a, b in itertools.pairwise(trainable)), trainable
 
 
 def test_batchnorm_is_frozen_in_frozen_groups_only() -> None:

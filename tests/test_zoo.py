@@ -76,7 +76,7 @@ def test_bad_zoo_files(tmp_path: Path, test_model_zoo: Path) -> None:
     raw["test_resnet.local"]["file"] = "gone.safetensors"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match="gone.safetensors"):
+    with pytest.raises(ConfigError, match=r"gone\.safetensors"):
         load_zoo(bad)
     raw["test_resnet.local"] = {"architecture": "test_resnet", "file": "test_resnet.safetensors", "colour": 1}
     bad.write_text(yaml.safe_dump(raw))
