@@ -28,6 +28,18 @@ _ENV = jinja2.Environment(
     autoescape=True,  # select_autoescape would not escape a .html.j2 template
     undefined=jinja2.StrictUndefined,
 )
+
+
+def _num(value: Any, spec: str = "%.4f") -> str:
+    """Format a number for the page; missing values (None, NaN, NA) read as "n/a"."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "n/a" if value is None or value is pd.NA else str(value)
+    return "n/a" if number != number else spec % number
+
+
+_ENV.filters["num"] = _num
 _TABLE_COLUMNS = ["rank", "number", "state", "value", "params_backbone", "params_freeze_depth",
                   "params_head_width", "params_learning_rate", "val_accuracy", "val_macro_f1",
                   "epochs", "seconds", "trainable_params", "stop_reason"]
