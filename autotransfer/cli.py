@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -88,6 +89,9 @@ def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    # Ctrl+C / `kill -INT` must end the search cleanly even when the shell started us with SIGINT
+    # ignored (a background job of a script): restore Python's KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("timm").setLevel(logging.WARNING)

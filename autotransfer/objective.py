@@ -21,8 +21,8 @@ from .data import DIGITS, ImageDataset
 from .errors import TrialFailed
 from .search_space import SearchSpace
 from .trainer import Budget, fit, seed_everything
-from .transfer import TransferNet, count_parameters, freeze_backbone, make_head
-from .zoo import Zoo, create_backbone, feature_dim
+from .transfer import TransferNet, count_parameters
+from .zoo import Zoo, create_backbone
 
 __all__ = ["EpochProgress", "Objective", "trial_seed"]
 
@@ -68,9 +68,9 @@ class Objective:
         trial.set_user_attr("family", strategy.family)
         try:
             backbone, data_config = create_backbone(strategy.backbone, self.zoo)
-            freeze = freeze_backbone(backbone, strategy.freeze_depth)
-            net = TransferNet(backbone, make_head(feature_dim(backbone), strategy.head_width,
-                                                  self.dataset.n_classes))
+            net = TransferNet.build(backbone, strategy.freeze_depth, strategy.head_width, self.dataset.n_classes)
+            freeze = net.freeze_report
+            assert freeze is not None  # always set by TransferNet.build
             trainable, total = count_parameters(net)
             for key, value in (("trainable_params", trainable), ("total_params", total),
                                ("n_groups", freeze.n_groups), ("n_frozen_groups", freeze.n_frozen)):

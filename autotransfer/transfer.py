@@ -123,16 +123,18 @@ class TransferNet(nn.Module):
     Args:
         backbone: A timm model built with ``num_classes=0``.
         head: Maps ``(B, feature_dim(backbone))`` to ``(B, n_classes)``.
+        freeze_report: What :func:`freeze_backbone` froze, when built by :meth:`build`.
 
     Shapes:
         input ``(B, 3, H, W)`` float, preprocessed with the backbone's data config;
         output ``(B, n_classes)`` logits.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, freeze_report: FreezeReport | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.freeze_report = freeze_report
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-logits features, shape ``(B, feature_dim)``."""
@@ -153,8 +155,8 @@ class TransferNet(nn.Module):
             head_width: 0 for a linear head, else MLP hidden width.
             n_classes: Number of classes.
         """
-        freeze_backbone(backbone, freeze_depth)
-        return cls(backbone, make_head(feature_dim(backbone), head_width, n_classes))
+        report = freeze_backbone(backbone, freeze_depth)
+        return cls(backbone, make_head(feature_dim(backbone), head_width, n_classes), report)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
