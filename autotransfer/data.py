@@ -133,11 +133,6 @@ class LabelledImages(Dataset[tuple[Any, int]]):
             raise OSError(f"bad image {key!r} in {self.root}: {err}") from err
         return self.transform(image), label
 
-    @property
-    def labels(self) -> list[int]:
-        """Labels of the split, in order."""
-        return [label for _, label in self.items]
-
 
 def load_dataset(
     data: str | Path,

@@ -180,8 +180,10 @@ class SearchResult:
         return None if trial is None else trial.value
 
     def _best_trial(self) -> FrozenTrial | None:
-        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+        try:
+            return self.study.best_trial
+        except ValueError:  # Optuna's answer when no trial has completed
+            return None
 
 
 def search(
