@@ -1,4 +1,4 @@
-"""Command-line interface: ``autotransfer search`` and ``autotransfer demo``.
+"""Command-line interface: ``autotransfer search``, ``autotransfer demo`` and ``autotransfer report``.
 
 Progress lines and the final leaderboard go to standard output; handlers and printing live
 here only (the library logs through ``logging``).
@@ -18,6 +18,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from .errors import AutotransferError
+from .report import write_report
+from .storage import load_existing_study, sqlite_path
 from .study import PRUNERS, SearchResult, search
 
 __all__ = ["build_parser", "main"]
@@ -68,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--study-name", help="study name (default: the dataset's folder name)")
     d = sub.add_parser("demo", help="run a small search on scikit-learn's bundled digits (offline, SQLite)")
     _add_common(d, n_trials=6, epochs=2, space="demo")
+    r = sub.add_parser("report", help="rebuild the HTML report from a study's storage (any time, even mid-run)")
+    r.add_argument("--storage", required=True, help="Optuna storage URL, e.g. sqlite:///reports/NAME/study.db")
+    r.add_argument("--study-name", help="study name (may be omitted when the storage holds one study)")
+    r.add_argument("--out", type=Path, help="HTML file to write (default: report.html beside a SQLite "
+                   "study.db, else reports/STUDY_NAME/report.html)")
     return parser
 
 
@@ -84,6 +91,8 @@ def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space
     p.add_argument("--seed", type=int, default=0, help="seed of the split, sampler and trials (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--pruner", default="hyperband", choices=PRUNERS, help="pruner (default: hyperband)")
+    p.add_argument("--no-baseline", action="store_true", help="do not run the textbook baseline (frozen backbone, "
+                   "Dense(1024) head, lr 1e-4) as the first trial of a new study")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("timm").setLevel(logging.WARNING)
+    if args.command == "report":
+        return _report(args)
     data = "digits" if args.command == "demo" else args.data
     name = getattr(args, "study_name", None) or ("demo" if args.command == "demo" else Path(data).name)
     out = args.out or Path("reports") / name
@@ -104,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         epochs=args.epochs, batch_size=args.batch_size, metric=args.metric,
                         pruner=args.pruner, storage=getattr(args, "storage", None), study_name=name,
                         out=out, zoo=args.zoo, seed=args.seed, device=args.device,
-                        on_epoch=progress.epoch, callbacks=[progress])
+                        on_epoch=progress.epoch, callbacks=[progress], baseline=not args.no_baseline)
     except AutotransferError as err:
         print(f"autotransfer: error: {err}", file=sys.stderr)
         return 1
@@ -113,6 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
               "were rewritten. Run the same command again to resume.", file=sys.stderr)
         return 130
     _print_summary(result, out)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:
+        study = load_existing_study(args.storage, args.study_name)
+    except AutotransferError as err:
+        print(f"autotransfer: error: {err}", file=sys.stderr)
+        return 1
+    db = sqlite_path(args.storage)
+    out = args.out or (db.parent / "report.html" if db is not None else Path("reports") / study.study_name
+                       / "report.html")
+    write_report(study, out)
+    print(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB) from {len(study.get_trials(deepcopy=False))} trials "
+          f"of study {study.study_name!r}")
     return 0
 
 

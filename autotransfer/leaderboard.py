@@ -5,7 +5,7 @@ Columns follow Optuna's ``trials_dataframe`` vocabulary (``number``, ``value``, 
 
     rank, number, state, value, params_backbone, params_freeze_depth, params_head_width,
     params_learning_rate, family, val_accuracy, val_balanced_accuracy, val_macro_f1, epochs,
-    seconds, trainable_params, total_params, stop_reason
+    seconds, trainable_params, total_params, stop_reason, baseline
 
 Ranking: complete trials first by objective value, then pruned, running and failed trials,
 each by the last validation value they reported.
@@ -20,7 +20,7 @@ __all__ = ["LEADERBOARD_COLUMNS", "leaderboard"]
 
 _PARAMS = ["params_backbone", "params_freeze_depth", "params_head_width", "params_learning_rate"]
 _ATTRS = ["family", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "epochs", "seconds",
-          "trainable_params", "total_params", "stop_reason"]
+          "trainable_params", "total_params", "stop_reason", "baseline"]
 LEADERBOARD_COLUMNS = ["rank", "number", "state", "value", *_PARAMS, *_ATTRS]
 _STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 
@@ -46,6 +46,7 @@ def leaderboard(study: optuna.Study, metric: str | None = None) -> pd.DataFrame:
     for column in LEADERBOARD_COLUMNS:
         if column not in frame:
             frame[column] = pd.NA
+    frame["baseline"] = frame["baseline"].astype("boolean").fillna(False).astype(bool)
     score = pd.to_numeric(frame["value"], errors="coerce").fillna(
         pd.to_numeric(frame[f"val_{metric}"], errors="coerce"))
     frame = frame.assign(_state=frame["state"].map(_STATE_ORDER).fillna(9), _score=score)

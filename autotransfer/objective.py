@@ -3,15 +3,22 @@
 Every trial records user attributes the leaderboard and report read back from storage:
 ``family``, ``val_accuracy``, ``val_balanced_accuracy``, ``val_macro_f1``, ``val_loss``
 (after the last epoch run), ``epochs``, ``seconds``, ``trainable_params``, ``total_params``,
-``n_frozen_groups``, ``n_groups`` and ``stop_reason`` (``completed``, ``pruned at epoch N``,
-``diverged: ...``, ``error: ...``, ``interrupted``).
+``n_frozen_groups``, ``n_groups``, ``stop_reason`` (``completed``, ``pruned at epoch N``,
+``diverged: ...``, ``error: ...``, ``interrupted``) and, for complete trials, ``val_predictions``
+(the predicted class of every val image, in split order, for the report's per-class figures).
+
+When a trial completes as the best so far, it is evaluated once on the test split (if any) and
+the figures are stored in the study attribute ``autotransfer.test``; the report shows them only
+for the final pick. The test split never feeds the objective.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import optuna
@@ -20,11 +27,14 @@ import torch
 from .data import DIGITS, ImageDataset
 from .errors import TrialFailed
 from .search_space import SearchSpace
-from .trainer import Budget, fit, seed_everything
+from .trainer import Budget, evaluate_split, fit, seed_everything
 from .transfer import TransferNet, count_parameters
 from .zoo import Zoo, create_backbone
 
-__all__ = ["EpochProgress", "Objective", "trial_seed"]
+__all__ = ["TEST_ATTR", "EpochProgress", "Objective", "trial_seed"]
+
+TEST_ATTR = "autotransfer.test"
+logger = logging.getLogger(__name__)
 
 EpochProgress = Callable[[optuna.Trial, int, dict[str, float]], None]
 
@@ -89,10 +99,30 @@ class Objective:
             reason = f"error: {type(err).__name__}: {err}"
             self._finish(trial, reason, start)
             raise TrialFailed(reason) from err
-        self._finish(trial, result.stop_reason, start)
         if result.stop_reason != "completed":
+            self._finish(trial, result.stop_reason, start)
             raise optuna.TrialPruned(result.stop_reason)
-        return result.metrics[self.budget.metric]
+        score = result.metrics[self.budget.metric]
+        trial.set_user_attr("val_predictions", result.predictions)
+        if self.dataset.splits.get("test") and _is_new_best(trial, score):
+            try:
+                self._record_test(trial, net, data_config)
+            except KeyboardInterrupt:
+                self._finish(trial, "interrupted", start)
+                raise
+        self._finish(trial, result.stop_reason, start)
+        return score
+
+    def _record_test(self, trial: optuna.Trial, net: TransferNet, data_config: dict[str, Any]) -> None:
+        """Evaluate a new best trial once on test and store it for the report (never for selection)."""
+        try:
+            metrics, predictions = evaluate_split(net, self.dataset, data_config, "test",
+                                                  batch_size=self.budget.batch_size, device=self.device)
+        except (RuntimeError, OSError, ValueError) as err:  # the val result stands; only the test figures are lost
+            logger.warning("Trial %d: could not evaluate on the test split: %s", trial.number, err)
+            return
+        trial.study.set_user_attr(TEST_ATTR, {"trial": trial.number, "metrics": metrics,
+                                              "predictions": predictions})
 
     def _report(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> bool:
         trial.report(metrics[self.budget.metric], epoch)
@@ -107,3 +137,11 @@ class Objective:
     def _finish(trial: optuna.Trial, reason: str, start: float) -> None:
         trial.set_user_attr("stop_reason", reason)
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+
+
+def _is_new_best(trial: optuna.Trial, value: float) -> bool:
+    """Whether ``value`` beats every complete trial so far (ties keep the earlier one, as Optuna does)."""
+    try:
+        return value > trial.study.best_value
+    except ValueError:  # Optuna's answer when no trial has completed
+        return True

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import yaml
 from .errors import ConfigError, describe
 
 __all__ = [
+    "BASELINE_RECIPE",
     "SearchSpace",
     "Strategy",
     "bundled_spaces",
@@ -34,6 +35,15 @@ __all__ = [
 ]
 
 _DIMENSIONS = ("backbone", "freeze_depth", "head_width", "learning_rate")
+
+BASELINE_RECIPE: Mapping[str, float | int] = {"freeze_depth": 1.0, "head_width": 1024, "learning_rate": 1e-4}
+"""The textbook transfer recipe: backbone frozen, a Dense(1024) ReLU head, learning rate 1e-4.
+
+Source: the Keras Applications guide, "Fine-tune InceptionV3 on a new set of classes"
+(``Dense(1024, activation='relu')`` on the pooled features of a frozen base; 1e-4 for the
+fine-tuning stage). A study runs it as its first trial, on the space's first backbone, so the
+report can show what the search gained over it.
+"""
 _TOP_LEVEL = (*_DIMENSIONS, "description")
 
 
@@ -97,6 +107,22 @@ class _Dimension:
         assert self.low is not None and self.high is not None  # guaranteed by _parse_range
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
+    def including(self, value: Any) -> tuple[_Dimension, str]:
+        """This dimension widened to contain ``value``, and a note saying how ("" if unchanged)."""
+        if self.choices is not None:
+            if value in self.choices:
+                return self, ""
+            return replace(self, choices=(*self.choices, value)), f"added choice {value}"
+        assert self.low is not None and self.high is not None  # guaranteed by _parse_range
+        low, high = min(self.low, value), max(self.high, value)
+        if self.step is not None and abs((k := (value - self.low) / self.step) - round(k)) > 1e-6:
+            raise ConfigError(f"The baseline recipe needs {self.name}={value}, which is not on the grid of "
+                              f"{self.as_dict()}; add it to the space or pass --no-baseline.")
+        if (low, high) == (self.low, self.high):
+            return self, ""
+        note = f"range widened from [{self.low:g}, {self.high:g}] to [{low:g}, {high:g}]"
+        return replace(self, low=low, high=high), note
+
     def as_dict(self) -> dict[str, Any]:
         if self.choices is not None:
             return {"choices": list(self.choices)}
@@ -146,6 +172,38 @@ class SearchSpace:
             head_width=int(values["head_width"]),
             learning_rate=float(values["learning_rate"]),
         )
+
+    def baseline(self) -> Strategy:
+        """The :data:`BASELINE_RECIPE` on this space's first backbone."""
+        return Strategy(backbone=self.backbones[0], freeze_depth=float(BASELINE_RECIPE["freeze_depth"]),
+                        head_width=int(BASELINE_RECIPE["head_width"]),
+                        learning_rate=float(BASELINE_RECIPE["learning_rate"]))
+
+    def including(self, strategy: Strategy) -> tuple[SearchSpace, list[str]]:
+        """Widen the space just enough to contain ``strategy`` (the baseline recipe).
+
+        Choices get the missing value appended; a range gets its bound moved.
+
+        Args:
+            strategy: The strategy the space must contain.
+
+        Returns:
+            ``(space, changes)``: the widened space (``self`` when nothing changed) and one line per
+            change, e.g. ``"head_width: added choice 1024"``.
+
+        Raises:
+            ConfigError: A stepped range cannot reach the value on its grid.
+        """
+        dims = dict(self.dimensions)
+        changes: list[str] = []
+        for name, value in strategy.as_dict().items():
+            dim, note = dims[name].including(value)
+            if note:
+                dims[name] = dim
+                changes.append(f"{name}: {note}")
+        if not changes:
+            return self, []
+        return SearchSpace(dimensions=dims, description=self.description, source=self.source), changes
 
     def as_dict(self) -> dict[str, Any]:
         """The canonical form of the space, used in the study fingerprint."""

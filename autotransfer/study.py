@@ -24,8 +24,8 @@ from .data import ImageDataset, load_dataset
 from .errors import ConfigError, StudyMismatchError, TrialFailed, describe
 from .leaderboard import leaderboard
 from .objective import EpochProgress, Objective
-from .report import write_outputs
-from .search_space import SearchSpace, load_search_space
+from .report import OutputWriter
+from .search_space import SearchSpace, Strategy, load_search_space
 from .trainer import Budget, resolve_device
 from .zoo import Zoo, check_backbones, load_zoo
 
@@ -86,8 +86,17 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     raise ConfigError(describe("pruner", f"one of {list(PRUNERS)}", name))
 
 
-def study_config(dataset: ImageDataset, space: SearchSpace, budget: Budget) -> dict[str, Any]:
-    """The configuration a study is tied to; resuming with a different one is refused."""
+def study_config(dataset: ImageDataset, space: SearchSpace, budget: Budget,
+                 baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The configuration a study is tied to; resuming with a different one is refused.
+
+    Args:
+        dataset: The split dataset.
+        space: The search space as given (before any widening for the baseline).
+        budget: The per-trial budget.
+        baseline: ``{"params": strategy, "changes": [...]}`` of the baseline trial, or None. It
+            is fixed when the study is created and not compared on resume.
+    """
     return {
         "dataset": {"name": dataset.name, "classes": list(dataset.classes), "counts": dataset.counts(),
                     "fingerprint": dataset.fingerprint()},
@@ -95,6 +104,7 @@ def study_config(dataset: ImageDataset, space: SearchSpace, budget: Budget) -> d
         "space": space.as_dict(),
         "budget": {"epochs": budget.epochs, "batch_size": budget.batch_size, "metric": budget.metric,
                    "weight_decay": budget.weight_decay},
+        "baseline": baseline,
     }
 
 
@@ -124,7 +134,7 @@ def open_study(storage: str | optuna.storages.BaseStorage | None, study_name: st
         return study
     differences = [f"{key}: stored {json.dumps(stored.get(key), sort_keys=True)[:300]}, "
                    f"requested {json.dumps(config[key], sort_keys=True)[:300]}"
-                   for key in config if stored.get(key) != config[key]]
+                   for key in config if key != "baseline" and stored.get(key) != config[key]]
     if differences:
         raise StudyMismatchError(
             f"Study {study_name!r} in {storage} was created with a different configuration, so its "
@@ -204,6 +214,8 @@ def search(
     device: str = "auto",
     on_epoch: EpochProgress | None = None,
     callbacks: Sequence[StudyCallback] = (),
+    baseline: bool = True,
+    report_every: float = 30.0,
 ) -> SearchResult:
     """Search transfer strategies for a dataset and return the ranked result.
 
@@ -231,6 +243,11 @@ def search(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         on_epoch: Called as ``on_epoch(trial, epoch, val_metrics)`` after every epoch.
         callbacks: Optuna callbacks ``(study, frozen_trial)`` run after every trial.
+        baseline: Run the textbook recipe (:data:`~autotransfer.search_space.BASELINE_RECIPE` on the
+            space's first backbone) as the first trial of a new study, widening the space to
+            contain it if needed. Fixed when the study is created.
+        report_every: Minimum seconds between two refreshes of ``report.html`` during the search
+            (``leaderboard.csv`` is rewritten after every trial; both are written at the end).
 
     Returns:
         A :class:`SearchResult` with ``.leaderboard``, ``.best``, ``.best_value`` and ``.study``.
@@ -248,6 +265,7 @@ def search(
     sampler, pruner_obj = make_sampler(seed), make_pruner(pruner, epochs)
     torch_device = resolve_device(device)
     search_space = load_search_space(space)
+    recipe = _baseline_record(search_space) if baseline else None
     local_zoo = zoo if isinstance(zoo, Zoo) else load_zoo(zoo)
     check_backbones(search_space.backbones, local_zoo)
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data, seed=seed)
@@ -257,15 +275,17 @@ def search(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         storage = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    study = open_study(storage, study_name or dataset.name, study_config(dataset, search_space, budget),
+    study = open_study(storage, study_name or dataset.name, study_config(dataset, search_space, budget, recipe),
                        sampler=sampler, pruner=pruner_obj, split=dataset.split_record())
     study.set_user_attr("autotransfer.excluded", [list(item) for item in dataset.excluded])
+    search_space = _with_baseline(study, search_space)
     result = SearchResult(study, dataset, out_dir, metric)
     objective = Objective(dataset, search_space, budget, local_zoo, torch_device, seed, on_epoch)
     remaining = None if n_trials is None else n_trials - finished_trials(study)
     all_callbacks = list(callbacks)
-    if out_dir is not None:
-        all_callbacks.append(lambda s, t: write_outputs(s, out_dir))
+    writer = OutputWriter(out_dir, every=report_every) if out_dir is not None else None
+    if writer is not None:
+        all_callbacks.append(writer)
     try:
         if remaining is None or remaining > 0:
             study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(TrialFailed,),
@@ -274,6 +294,32 @@ def search(
             logger.info("Study %r already has %d finished trials; nothing to run.", study.study_name,
                         n_trials)
     finally:
-        if out_dir is not None:
-            write_outputs(study, out_dir)
+        if writer is not None:
+            writer.final(study)
     return result
+
+
+def _baseline_record(space: SearchSpace) -> dict[str, Any]:
+    """The baseline strategy of ``space`` and how the space must widen to hold it (validated early)."""
+    strategy = space.baseline()
+    _, changes = space.including(strategy)
+    return {"params": strategy.as_dict(), "changes": changes}
+
+
+def _with_baseline(study: optuna.Study, space: SearchSpace) -> SearchSpace:
+    """The space the study samples: widened by its stored baseline, which is enqueued in a new study.
+
+    The stored configuration decides, so a resumed study keeps the space its trials were drawn from
+    whatever ``baseline`` says now.
+    """
+    record = study.user_attrs.get(CONFIG_ATTR, {}).get("baseline")
+    if record is None:
+        return space
+    strategy = Strategy(**record["params"])
+    widened, changes = space.including(strategy)
+    if not study.get_trials(deepcopy=False):
+        for change in changes:
+            logger.warning("Baseline: widened the search space to hold the textbook recipe: %s "
+                           "(pass --no-baseline to search the space as given).", change)
+        study.enqueue_trial(strategy.as_dict(), user_attrs={"baseline": True})
+    return widened

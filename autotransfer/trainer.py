@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 from .data import ImageDataset, LabelledImages
 from .errors import ConfigError, TrialFailed, describe
 
-__all__ = ["METRICS", "Budget", "TrainResult", "evaluate", "fit", "make_transforms", "resolve_device"]
+__all__ = ["METRICS", "Budget", "TrainResult", "evaluate", "evaluate_split", "fit", "make_transforms", "predict_labels",
+           "resolve_device"]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 EpochCallback = Callable[[int, dict[str, float]], bool]
@@ -76,6 +77,7 @@ class TrainResult:
         seconds: Wall-clock seconds of training and evaluation.
         stop_reason: ``"completed"`` or ``"pruned at epoch N"``.
         history: Per-epoch validation metrics, one dict per epoch.
+        predictions: Predicted class index of every val image after the last epoch, in split order.
     """
 
     metrics: dict[str, float]
@@ -83,6 +85,7 @@ class TrainResult:
     seconds: float
     stop_reason: str
     history: list[dict[str, float]] = field(default_factory=list)
+    predictions: list[int] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -130,8 +133,9 @@ def _loader(images: LabelledImages, batch_size: int, *, shuffle: bool, seed: int
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> dict[str, float]:
-    """Validation metrics of ``model`` over ``loader``.
+def predict_labels(model: nn.Module, loader: DataLoader[Any], device: torch.device
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Run ``model`` over ``loader`` in eval mode.
 
     Args:
         model: Maps ``(B, 3, H, W)`` to logits ``(B, n_classes)``.
@@ -139,7 +143,8 @@ def evaluate(model: nn.Module, loader: DataLoader[Any], device: torch.device) ->
         device: Where the model lives.
 
     Returns:
-        ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (scikit-learn) and mean cross-entropy ``loss``.
+        ``(y_true, y_pred, loss)``: true and predicted class indices, arrays of shape ``(N,)`` in
+        loader order, and the mean cross-entropy.
     """
     model.eval()
     preds: list[np.ndarray] = []
@@ -151,12 +156,57 @@ def evaluate(model: nn.Module, loader: DataLoader[Any], device: torch.device) ->
         preds.append(logits.argmax(dim=1).cpu().numpy())
         labels.append(y.numpy())
     y_true, y_pred = np.concatenate(labels), np.concatenate(preds)
+    return y_true, y_pred, loss_sum / max(1, len(y_true))
+
+
+def _metrics(y_true: np.ndarray, y_pred: np.ndarray, loss: float) -> dict[str, float]:
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "loss": loss_sum / max(1, len(y_true)),
+        "loss": loss,
     }
+
+
+def evaluate(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> dict[str, float]:
+    """Validation metrics of ``model`` over ``loader``.
+
+    Args:
+        model: Maps ``(B, 3, H, W)`` to logits ``(B, n_classes)``.
+        loader: Yields ``(images, labels)``.
+        device: Where the model lives.
+
+    Returns:
+        ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (scikit-learn) and mean cross-entropy ``loss``.
+    """
+    return _metrics(*predict_labels(model, loader, device))
+
+
+def evaluate_split(model: nn.Module, dataset: ImageDataset, data_config: dict[str, Any], split: str, *,
+                   batch_size: int, device: torch.device) -> tuple[dict[str, float], list[int]]:
+    """Metrics and predictions of a trained model on one split, with the weights' eval transform.
+
+    Args:
+        model: A trained :class:`~autotransfer.transfer.TransferNet`.
+        dataset: The split dataset.
+        data_config: The backbone's timm data config.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        batch_size: Images per forward pass.
+        device: Where the model lives.
+
+    Returns:
+        ``(metrics, predictions)``: the metrics of :func:`evaluate` and the predicted class index of
+        every image of the split, in split order.
+
+    Raises:
+        ConfigError: The split is unknown or empty.
+    """
+    if not dataset.splits.get(split):
+        raise ConfigError(describe("split", f"a non-empty split of {sorted(dataset.splits)}", split))
+    _, eval_tf = make_transforms(data_config)
+    loader = _loader(LabelledImages(dataset, split, eval_tf), batch_size, shuffle=False, seed=0, device=device)
+    y_true, y_pred, loss = predict_labels(model, loader, device)
+    return _metrics(y_true, y_pred, loss), [int(p) for p in y_pred]
 
 
 def seed_everything(seed: int) -> None:
@@ -216,13 +266,16 @@ def fit(
         step_on_epochs=False, updates_per_epoch=len(train_loader))
     history: list[dict[str, float]] = []
     stop_reason = "completed"
+    y_pred = np.zeros(0, dtype=np.int64)
     for epoch in range(1, budget.epochs + 1):
         _train_epoch(model, train_loader, optimizer, scheduler, epoch, device)
-        history.append(evaluate(model, val_loader, device))
+        y_true, y_pred, loss = predict_labels(model, val_loader, device)
+        history.append(_metrics(y_true, y_pred, loss))
         if on_epoch is not None and on_epoch(epoch, history[-1]) and epoch < budget.epochs:
             stop_reason = f"pruned at epoch {epoch}"
             break
-    return TrainResult(history[-1], len(history), time.perf_counter() - start, stop_reason, history)
+    return TrainResult(history[-1], len(history), time.perf_counter() - start, stop_reason, history,
+                       [int(p) for p in y_pred])
 
 
 def _train_epoch(model: nn.Module, loader: DataLoader[Any], optimizer: torch.optim.Optimizer,

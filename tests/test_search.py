@@ -90,7 +90,7 @@ def test_real_weights_transfer_on_real_photos(tmp_path: Path, tiny_hymenoptera: 
     space = {"backbone": ["tf_mobilenetv3_small_100.tf1_in1k"], "freeze_depth": [1.0], "head_width": [0],
              "learning_rate": {"low": 3e-3, "high": 1e-2}}
     result = search(tiny_hymenoptera, space=space, n_trials=2, epochs=2, zoo=ZOO_FILE, out=tmp_path / "o",
-                    device="cpu", batch_size=8)
+                    device="cpu", batch_size=8, baseline=False)
     assert result.best_value is not None and result.best_value >= 0.8  # random init gives about 0.5
     assert result.best is not None and result.best["family"].endswith("linear probe / linear head")
     html = (tmp_path / "o" / "report.html").read_text()
@@ -103,3 +103,41 @@ def test_same_seed_gives_the_same_strategies_and_metrics(digits_small: ImageData
                    device="cpu", pruner="none") for _ in range(2)]
     first, second = ([(t.params, t.value) for t in run.study.trials] for run in runs)
     assert first == second
+
+
+def test_baseline_is_the_first_trial_and_fixed_when_the_study_is_created(
+        tmp_path: Path, digits_small: ImageDataset, test_model_zoo: Path, tiny_space: dict[str, object]) -> None:
+    kwargs = {"space": tiny_space, "epochs": 1, "zoo": test_model_zoo, "out": tmp_path / "b", "device": "cpu",
+              "pruner": "none"}
+    result = search(digits_small, n_trials=2, **kwargs)  # type: ignore[arg-type]
+    first = result.study.trials[0]
+    assert first.user_attrs["baseline"] is True
+    assert first.params == {"backbone": "test_resnet.local", "freeze_depth": 1.0, "head_width": 1024,
+                            "learning_rate": 1e-4}
+    stored = result.study.user_attrs["autotransfer.config"]["baseline"]
+    assert stored["changes"] == ["head_width: added choice 1024",
+                                 "learning_rate: range widened from [0.001, 0.01] to [0.0001, 0.01]"]
+    assert result.leaderboard["baseline"].sum() == 1
+    # Resuming with baseline=False keeps the space the stored trials were drawn from.
+    resumed = search(digits_small, n_trials=3, baseline=False, **kwargs)  # type: ignore[arg-type]
+    assert len(resumed.study.trials) == 3 and sum(t.user_attrs.get("baseline", False)
+                                                  for t in resumed.study.trials) == 1
+
+    plain = search(digits_small, n_trials=1, baseline=False, **{**kwargs, "out": tmp_path / "n"})  # type: ignore[arg-type]
+    assert "baseline" not in plain.study.trials[0].user_attrs
+    assert plain.study.user_attrs["autotransfer.config"]["baseline"] is None
+
+
+def test_complete_trials_store_val_predictions_and_the_best_its_test_figures(
+        digits_small: ImageDataset, test_model_zoo: Path, tiny_space: dict[str, object]) -> None:
+    result = search(digits_small, space=tiny_space, n_trials=3, epochs=1, zoo=test_model_zoo, device="cpu",
+                    pruner="none")
+    n_val = len(digits_small.splits["val"])
+    for trial in result.study.trials:
+        assert len(trial.user_attrs["val_predictions"]) == n_val
+        labels = [y for _, y in digits_small.splits["val"]]
+        hits = sum(p == y for p, y in zip(trial.user_attrs["val_predictions"], labels, strict=True))
+        assert hits / n_val == pytest.approx(trial.user_attrs["val_accuracy"])
+    test = result.study.user_attrs["autotransfer.test"]
+    assert test["trial"] == result.study.best_trial.number
+    assert len(test["predictions"]) == len(digits_small.splits["test"]) and 0 <= test["metrics"]["accuracy"] <= 1

@@ -94,3 +94,25 @@ def test_space_object_passes_through_and_families() -> None:
     assert strategy_family("m", 1.0, 0) == "m / linear probe / linear head"
     assert strategy_family("m", 0.0, 256) == "m / full fine-tuning / MLP head"
     assert strategy_family("m", 0.5, 0) == "m / partial fine-tuning / linear head"
+
+
+def test_including_widens_a_space_just_enough_for_the_baseline() -> None:
+    space = load_search_space({"backbone": ["a", "b"], "freeze_depth": {"low": 0.0, "high": 0.5, "step": 0.25},
+                               "head_width": [0, 256], "learning_rate": {"low": 1e-3, "high": 1e-2}})
+    baseline = space.baseline()
+    assert baseline.as_dict() == {"backbone": "a", "freeze_depth": 1.0, "head_width": 1024, "learning_rate": 1e-4}
+    widened, changes = space.including(baseline)
+    assert changes == ["freeze_depth: range widened from [0, 0.5] to [0, 1]", "head_width: added choice 1024",
+                       "learning_rate: range widened from [0.001, 0.01] to [0.0001, 0.01]"]
+    assert widened.as_dict()["head_width"] == {"choices": [0, 256, 1024]}
+    assert widened.including(baseline) == (widened, [])
+    for name in ("default", "small", "demo"):  # the bundled spaces already hold the recipe
+        bundled = load_search_space(name)
+        assert bundled.including(bundled.baseline())[1] == []
+
+
+def test_a_baseline_off_the_freeze_grid_is_refused() -> None:
+    space = load_search_space({"backbone": ["a"], "freeze_depth": {"low": 0.0, "high": 0.9, "step": 0.3},
+                               "head_width": [1024], "learning_rate": {"low": 1e-4, "high": 1e-2}})
+    with pytest.raises(ConfigError, match="freeze_depth=1.0.*--no-baseline"):
+        space.including(space.baseline())

@@ -1,0 +1,270 @@
+"""The evidence a report shows, computed from the study's storage only (no model, no images).
+
+Tables are pandas DataFrames; metrics come from scikit-learn, the paired test from SciPy. The
+test split appears only for the final pick: the objective evaluates a trial on test when it
+becomes the best so far and stores that under the study attribute ``autotransfer.test``; the
+report shows it only when that trial is still the best.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+from scipy.stats import binomtest
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from ..leaderboard import leaderboard
+
+__all__ = ["Evidence", "collect", "family_ranking", "learning_curves", "pareto_front", "per_class_metrics"]
+
+CONFIG_ATTR = "autotransfer.config"
+SPLIT_ATTR = "autotransfer.split"
+TEST_ATTR = "autotransfer.test"
+EXCLUDED_ATTR = "autotransfer.excluded"
+
+
+@dataclass
+class Evidence:
+    """Everything the report needs, read from one study.
+
+    Attributes:
+        study: The study (any storage, possibly still running).
+        config: The stored ``autotransfer.config`` (dataset, split, space, budget, baseline).
+        metric: The objective's val metric name (``accuracy``, ...).
+        trials: All trials, in number order.
+        board: The leaderboard (:func:`autotransfer.leaderboard`).
+        classes: Class names; labels index this list.
+        val_labels: True class index of every val image, in split order (empty if not stored).
+        best: The best complete trial, or None.
+        now: When the evidence was read (running trials' elapsed time is measured to it).
+    """
+
+    study: optuna.Study
+    config: dict[str, Any]
+    metric: str
+    trials: list[FrozenTrial]
+    board: pd.DataFrame
+    classes: list[str]
+    val_labels: list[int]
+    best: FrozenTrial | None
+    now: datetime = field(default_factory=datetime.now)
+
+    @property
+    def test(self) -> dict[str, Any] | None:
+        """The stored test-split figures, if they belong to the current best trial."""
+        record = self.study.user_attrs.get(TEST_ATTR)
+        if record is None or self.best is None or record.get("trial") != self.best.number:
+            return None
+        return dict(record)
+
+    @property
+    def excluded(self) -> list[list[str]]:
+        """``[path, reason]`` of every file excluded from the dataset."""
+        return list(self.study.user_attrs.get(EXCLUDED_ATTR, []))
+
+
+def collect(study: optuna.Study) -> Evidence:
+    """Read a study's trials, leaderboard and stored configuration.
+
+    Args:
+        study: Any Optuna study; one made by :func:`autotransfer.search` fills every section.
+
+    Returns:
+        The :class:`Evidence`.
+    """
+    config: dict[str, Any] = dict(study.user_attrs.get(CONFIG_ATTR, {}))
+    metric = str(config.get("budget", {}).get("metric", "accuracy"))
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    # Optuna's best_trial: the first trial reaching the maximum (direction is "maximize").
+    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    split = study.user_attrs.get(SPLIT_ATTR, {})
+    return Evidence(study=study, config=config, metric=metric, trials=trials,
+                    board=leaderboard(study, metric), classes=list(config.get("dataset", {}).get("classes", [])),
+                    val_labels=[int(label) for _, label in split.get("val", [])], best=best)
+
+
+def trial_seconds(trial: FrozenTrial, now: datetime) -> float:
+    """Wall-clock seconds of a trial: its recorded ``seconds``, else start to end (or to ``now``)."""
+    if "seconds" in trial.user_attrs:
+        return float(trial.user_attrs["seconds"])
+    if trial.datetime_start is None:
+        return 0.0
+    return ((trial.datetime_complete or now) - trial.datetime_start).total_seconds()
+
+
+def summary(ev: Evidence) -> dict[str, Any]:
+    """Section 1: trial counts, compute time, the recommended strategy and its lead.
+
+    The lead is measured against the runner-up: the best complete trial of another strategy
+    family (the second-best trial when every trial is of one family). For accuracy the gap is
+    also given in val images, with the exact McNemar test on the two trials' paired val
+    predictions (McNemar, 1947; the binomial form, ``scipy.stats.binomtest``).
+    """
+    counts = {state.name: 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                          TrialState.RUNNING, TrialState.WAITING)}
+    for trial in ev.trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    out: dict[str, Any] = {"counts": counts, "n_trials": len(ev.trials),
+                           "compute_seconds": sum(trial_seconds(t, ev.now) for t in ev.trials),
+                           "best": None, "runner_up": None}
+    if ev.best is None:
+        return out
+    best = ev.best
+    out["best"] = _trial_row(best)
+    complete = [t for t in ev.trials if t.state == TrialState.COMPLETE and t.value is not None and t is not best]
+    others = [t for t in complete if t.user_attrs.get("family") != best.user_attrs.get("family")] or complete
+    if not others:
+        return out
+    runner = max(others, key=lambda t: (t.value, -t.number))
+    assert best.value is not None and runner.value is not None
+    lead: dict[str, Any] = {**_trial_row(runner), "gap": best.value - runner.value,
+                            "same_family": runner.user_attrs.get("family") == best.user_attrs.get("family")}
+    lead.update(_paired_test(best, runner, ev.val_labels) if ev.metric == "accuracy" else {})
+    out["runner_up"] = lead
+    return out
+
+
+def _trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    return {"number": trial.number, "value": trial.value, "params": dict(trial.params),
+            "family": attrs.get("family", ""), "baseline": bool(attrs.get("baseline", False)),
+            **{k: attrs.get(k) for k in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1", "seconds",
+                                         "trainable_params", "epochs")}}
+
+
+def _paired_test(best: FrozenTrial, other: FrozenTrial, labels: list[int]) -> dict[str, Any]:
+    """Exact McNemar test of two trials' val predictions; empty when they were not stored."""
+    a, b = best.user_attrs.get("val_predictions"), other.user_attrs.get("val_predictions")
+    if not labels or a is None or b is None or not len(a) == len(b) == len(labels):
+        return {}
+    truth = np.asarray(labels)
+    right_a, right_b = np.asarray(a) == truth, np.asarray(b) == truth
+    only_best, only_other = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
+    n = only_best + only_other
+    p_value = float(binomtest(only_best, n, 0.5).pvalue) if n else 1.0
+    return {"n_val": len(labels), "gap_images": only_best - only_other, "only_best": only_best,
+            "only_other": only_other, "p_value": p_value}
+
+
+def family_ranking(board: pd.DataFrame) -> pd.DataFrame:
+    """Section 2: one row per strategy family, ranked by its best complete trial.
+
+    Args:
+        board: The leaderboard.
+
+    Returns:
+        Columns ``family, backbone, transfer, head, trials, complete, pruned, failed, best, median,
+        mean_seconds, trainable_params`` (best and median over complete trials' objective values;
+        ``mean_seconds`` over finished trials; ``trainable_params`` the median).
+    """
+    columns = ["family", "backbone", "transfer", "head", "trials", "complete", "pruned", "failed", "best",
+               "median", "mean_seconds", "trainable_params"]
+    frame = board[board["family"].notna()]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    value = pd.to_numeric(frame["value"], errors="coerce").where(frame["state"] == TrialState.COMPLETE.name)
+    seconds = pd.to_numeric(frame["seconds"], errors="coerce")
+    grouped = frame.assign(_value=value, _seconds=seconds,
+                           _params=pd.to_numeric(frame["trainable_params"], errors="coerce")).groupby("family")
+    table = pd.DataFrame({
+        "trials": grouped.size(),
+        "complete": grouped["state"].agg(lambda s: int((s == "COMPLETE").sum())),
+        "pruned": grouped["state"].agg(lambda s: int((s == "PRUNED").sum())),
+        "failed": grouped["state"].agg(lambda s: int((s == "FAIL").sum())),
+        "best": grouped["_value"].max(),
+        "median": grouped["_value"].median(),
+        "mean_seconds": grouped["_seconds"].mean(),
+        "trainable_params": grouped["_params"].median(),
+    }).reset_index()
+    parts = table["family"].str.split(" / ", n=2, expand=True).reindex(columns=range(3))
+    table["backbone"], table["transfer"], table["head"] = parts[0], parts[1], parts[2]
+    table = table.sort_values(["best", "median", "family"], ascending=[False, False, True], na_position="last")
+    return table[columns].reset_index(drop=True)
+
+
+def learning_curves(trials: list[FrozenTrial]) -> pd.DataFrame:
+    """Section 4: every reported intermediate value.
+
+    Returns:
+        Columns ``number, state, epoch, value, family, baseline``, one row per trial and epoch.
+    """
+    rows = [(t.number, t.state.name, int(epoch), float(value), t.user_attrs.get("family", ""),
+             bool(t.user_attrs.get("baseline", False)))
+            for t in trials for epoch, value in sorted(t.intermediate_values.items())
+            if value is not None and math.isfinite(value)]
+    return pd.DataFrame(rows, columns=["number", "state", "epoch", "value", "family", "baseline"])
+
+
+def pareto_front(value: pd.Series, cost: pd.Series) -> pd.Series:
+    """Mark the trials no other trial beats on both value (higher) and cost (lower).
+
+    Written here because Optuna's Pareto utilities (``plot_pareto_front``,
+    ``Study.best_trials``) apply to multi-objective studies only, and this one is single-objective
+    with cost as a recorded attribute.
+
+    Args:
+        value: Objective values (higher is better).
+        cost: Costs (lower is better), same index.
+
+    Returns:
+        A boolean Series on the same index; rows with a missing value or cost are False.
+    """
+    known = pd.DataFrame({"value": value, "cost": cost}).dropna().sort_values(["cost", "value"],
+                                                                             ascending=[True, False])
+    on_front: list[Any] = []
+    best = -math.inf
+    for index, score in zip(known.index, known["value"], strict=True):
+        if score > best:
+            on_front.append(index)
+            best = score
+    return pd.Series(value.index.isin(on_front), index=value.index)
+
+
+def per_class_metrics(classes: list[str], labels: list[int], predictions: list[int]
+                      ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Section 7: precision, recall, F1 and support per class, and the confusion matrix.
+
+    Args:
+        classes: Class names (``K``).
+        labels: True class indices, length ``N``.
+        predictions: Predicted class indices, length ``N``.
+
+    Returns:
+        ``(table, matrix)``: a DataFrame with columns ``class, precision, recall, f1, support`` and
+        the ``(K, K)`` confusion matrix (rows true, columns predicted; scikit-learn).
+
+    Raises:
+        ValueError: ``labels`` and ``predictions`` differ in length.
+    """
+    if len(labels) != len(predictions):
+        raise ValueError(f"{len(labels)} labels but {len(predictions)} predictions")
+    ks = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predictions, labels=ks,
+                                                                     zero_division=0)
+    table = pd.DataFrame({"class": classes, "precision": precision, "recall": recall, "f1": f1,
+                          "support": support})
+    return table, confusion_matrix(labels, predictions, labels=ks)
+
+
+def baseline_comparison(ev: Evidence) -> dict[str, Any] | None:
+    """Section 8: the textbook baseline trial against the recommended strategy (None if not run)."""
+    trial = next((t for t in ev.trials if t.user_attrs.get("baseline")), None)
+    if trial is None:
+        return None
+    row = _trial_row(trial)
+    row["state"] = trial.state.name
+    row["stop_reason"] = trial.user_attrs.get("stop_reason", "")
+    row["gain"] = None
+    if ev.best is not None and trial.state == TrialState.COMPLETE and trial.value is not None:
+        assert ev.best.value is not None
+        row["gain"] = ev.best.value - trial.value
+        row.update({f"best_{k}": v for k, v in _paired_test(ev.best, trial, ev.val_labels).items()})
+    return row

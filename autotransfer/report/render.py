@@ -1,0 +1,233 @@
+"""Render the report to one self-contained HTML file, and write it atomically.
+
+The page embeds plotly.js once (from the installed ``plotly`` package, so it works offline and
+fetches nothing) and passes every figure's data through Jinja2's ``tojson``. Jinja2 runs with
+autoescaping on: class names, paths, parameter values, error messages and the study name are
+shown as text. Files are written through a temporary file in the same folder and
+``os.replace`` (atomic on POSIX): a crash mid-render leaves the previous report intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import markupsafe
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial
+from plotly.offline import get_plotlyjs
+
+from .._version import __version__
+from ..leaderboard import leaderboard
+from .evidence import (
+    Evidence,
+    baseline_comparison,
+    collect,
+    family_ranking,
+    learning_curves,
+    per_class_metrics,
+    summary,
+)
+from .figures import (
+    IMPORTANCE_EVALUATOR,
+    confusion_figure,
+    cost_figure,
+    curves_figure,
+    history_figure,
+    importance_figure,
+    to_plain,
+)
+
+__all__ = ["OutputWriter", "atomic_write_text", "render_report", "write_outputs", "write_report"]
+
+logger = logging.getLogger(__name__)
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("autotransfer.report", "templates"),
+    autoescape=True,  # select_autoescape would not escape a .html.j2 template
+    undefined=jinja2.StrictUndefined,
+)
+_LEADERBOARD = {"rank": "rank", "number": "trial", "state": "state", "value": "value",
+                "params_backbone": "backbone", "params_freeze_depth": "freeze depth",
+                "params_head_width": "head width", "params_learning_rate": "learning rate", "epochs": "epochs",
+                "seconds": "seconds", "trainable_params": "trainable params", "stop_reason": "stop reason"}
+
+
+def _num(value: Any, spec: str = "%.4f") -> str:
+    """Format a number for the page; missing values (None, NaN, NA) read as "n/a"."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "n/a" if value is None or value is pd.NA else str(value)
+    return "n/a" if number != number else spec % number
+
+
+def _count(value: Any) -> str:
+    """Format a count with thousands separators ("n/a" when missing)."""
+    text = _num(value, "%.0f")
+    return text if text == "n/a" else f"{int(float(text)):,}"
+
+
+_ENV.filters["num"] = _num
+_ENV.filters["count"] = _count
+
+
+@cache
+def _plotly_js() -> markupsafe.Markup:
+    # plotly's own minified bundle, the file plotly's to_html(include_plotlyjs=True) inlines.
+    return markupsafe.Markup(get_plotlyjs())
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (mkstemp uses 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _file_mode())
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render_report(study: optuna.Study) -> str:
+    """Render the HTML report of a study from its storage.
+
+    Works at any time: while trials run (shown as running), after the study ends, after a crash.
+
+    Args:
+        study: The study; one made by :func:`autotransfer.search` fills every section.
+
+    Returns:
+        The HTML page as a string (about 5 MB, most of it plotly.js).
+    """
+    ev = collect(study)
+    figures: dict[str, Any] = {}
+    notes: dict[str, str] = {}
+
+    def add(key: str, fig: Any, note: str = "") -> None:
+        if fig is not None:
+            figures[key] = to_plain(fig)
+        elif note:
+            notes[key] = note
+
+    add("history", history_figure(study, ev.metric), "No trial has completed yet.")
+    curves = learning_curves(ev.trials)
+    add("curves", curves_figure(curves, ev.best.number if ev.best else None, ev.metric) if len(curves) else None,
+        "No trial has reported an epoch yet.")
+    importance, reason = importance_figure(study, ev.metric)
+    add("importance", importance, reason)
+    add("cost_seconds", cost_figure(ev.board, "seconds", "seconds per trial", ev.metric), "No complete trial yet.")
+    add("cost_params", cost_figure(ev.board, "trainable_params", "trainable parameters", ev.metric),
+        "No complete trial yet.")
+    best_val, best_test = _best_trial_sections(ev, add)
+    board = ev.board.rename(columns=_LEADERBOARD)
+    return _ENV.get_template("report.html.j2").render(
+        study_name=study.study_name, version=__version__, optuna_version=optuna.__version__,
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        config=ev.config, dataset=ev.config.get("dataset", {}), budget=ev.config.get("budget", {}),
+        split=ev.config.get("split", {}), metric=ev.metric, summary=summary(ev),
+        families=family_ranking(ev.board).to_dict(orient="records"),
+        columns=list(_LEADERBOARD.values()), rows=_records(board, list(_LEADERBOARD.values())),
+        baseline_flags=ev.board["baseline"].fillna(False).astype(bool).tolist(),
+        best_number=ev.best.number if ev.best else None, importance_evaluator=IMPORTANCE_EVALUATOR,
+        best_val=best_val, best_test=best_test, baseline=baseline_comparison(ev),
+        excluded=ev.excluded, figures=figures, notes=notes, plotly_js=_plotly_js(),
+    )
+
+
+def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
+    table = frame[columns]
+    return [{str(k): v for k, v in row.items()}
+            for row in table.astype(object).where(table.notna(), None).to_dict(orient="records")]
+
+
+def _best_trial_sections(ev: Evidence, add: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Section 7: per-class val metrics and confusion of the best trial; test only for the final pick."""
+    if ev.best is None:
+        return None, None
+    val = _per_class(ev, ev.best, ev.val_labels, ev.best.user_attrs.get("val_predictions"), "val")
+    if val is not None:
+        add("confusion_val", val.pop("figure"))
+    test = ev.test
+    test_section = None
+    if test is not None:
+        split = ev.study.user_attrs.get("autotransfer.split", {})
+        labels = [int(label) for _, label in split.get("test", [])]
+        test_section = _per_class(ev, ev.best, labels, test.get("predictions"), "test") or {}
+        if "figure" in test_section:
+            add("confusion_test", test_section.pop("figure"))
+        test_section["metrics"] = test.get("metrics", {})
+    return val, test_section
+
+
+def _per_class(ev: Evidence, trial: FrozenTrial, labels: list[int], predictions: list[int] | None,
+               split: str) -> dict[str, Any] | None:
+    if not labels or predictions is None or len(predictions) != len(labels) or not ev.classes:
+        return None
+    table, matrix = per_class_metrics(ev.classes, labels, predictions)
+    title = f"Confusion matrix, {split} split, trial {trial.number}"
+    return {"rows": table.to_dict(orient="records"), "n": len(labels),
+            "figure": confusion_figure(ev.classes, matrix, title)}
+
+
+def write_report(study: optuna.Study, path: str | Path) -> Path:
+    """Render the report of ``study`` and write it atomically to ``path``.
+
+    Returns:
+        The path written.
+    """
+    target = Path(path)
+    atomic_write_text(target, render_report(study))
+    return target
+
+
+def write_outputs(study: optuna.Study, out: str | Path) -> None:
+    """Write ``out/leaderboard.csv`` and ``out/report.html`` from the study, atomically."""
+    folder = Path(out)
+    atomic_write_text(folder / "leaderboard.csv", leaderboard(study).to_csv(index=False))
+    write_report(study, folder / "report.html")
+
+
+class OutputWriter:
+    """Study callback that keeps ``leaderboard.csv`` current and refreshes ``report.html``.
+
+    The leaderboard is rewritten after every trial; the report after the first trial and then
+    whenever ``every`` seconds have passed since the last render (rendering a large study takes
+    seconds, a trial on a small budget may not), and always on :meth:`final`.
+
+    Args:
+        out: The output folder.
+        every: Minimum seconds between two report renders.
+    """
+
+    def __init__(self, out: Path, every: float = 30.0) -> None:
+        self.out, self.every = out, every
+        self._last: float | None = None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        atomic_write_text(self.out / "leaderboard.csv", leaderboard(study).to_csv(index=False))
+        if self._last is None or time.monotonic() - self._last >= self.every:
+            self.final(study)
+
+    def final(self, study: optuna.Study) -> None:
+        """Write both files now."""
+        write_outputs(study, self.out)
+        self._last = time.monotonic()
