@@ -114,5 +114,5 @@ def test_including_widens_a_space_just_enough_for_the_baseline() -> None:
 def test_a_baseline_off_the_freeze_grid_is_refused() -> None:
     space = load_search_space({"backbone": ["a"], "freeze_depth": {"low": 0.0, "high": 0.9, "step": 0.3},
                                "head_width": [1024], "learning_rate": {"low": 1e-4, "high": 1e-2}})
-    with pytest.raises(ConfigError, match="freeze_depth=1.0.*--no-baseline"):
+    with pytest.raises(ConfigError, match=r"freeze_depth=1\.0.*--no-baseline"):
         space.including(space.baseline())

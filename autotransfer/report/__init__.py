@@ -5,7 +5,7 @@ where it has them, plotly otherwise), ``render`` the page (Jinja2, autoescaped) 
 write.
 """
 
-from .evidence import Evidence, collect, family_ranking, learning_curves, pareto_front, per_class_metrics
+from .evidence import Evidence, collect, family_ranking, learning_curves, pareto_front, per_class_metrics, snapshot
 from .render import OutputWriter, atomic_write_text, render_report, write_outputs, write_report
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "pareto_front",
     "per_class_metrics",
     "render_report",
+    "snapshot",
     "write_outputs",
     "write_report",
 ]

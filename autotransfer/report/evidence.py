@@ -8,6 +8,7 @@ report shows it only when that trial is still the best.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,12 +23,14 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from ..leaderboard import leaderboard
 
-__all__ = ["Evidence", "collect", "family_ranking", "learning_curves", "pareto_front", "per_class_metrics"]
+__all__ = ["Evidence", "collect", "family_ranking", "learning_curves", "pareto_front", "per_class_metrics",
+           "snapshot"]
 
 CONFIG_ATTR = "autotransfer.config"
 SPLIT_ATTR = "autotransfer.split"
 TEST_ATTR = "autotransfer.test"
 EXCLUDED_ATTR = "autotransfer.excluded"
+_PREDICTIONS_ATTR = "val_predictions"
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Evidence:
     """Everything the report needs, read from one study.
 
     Attributes:
-        study: The study (any storage, possibly still running).
+        study: An in-memory snapshot of the study (:func:`snapshot`), without val predictions.
         config: The stored ``autotransfer.config`` (dataset, split, space, budget, baseline).
         metric: The objective's val metric name (``accuracy``, ...).
         trials: All trials, in number order.
@@ -43,6 +46,7 @@ class Evidence:
         classes: Class names; labels index this list.
         val_labels: True class index of every val image, in split order (empty if not stored).
         best: The best complete trial, or None.
+        predictions: Val predictions (class indices in split order) of the trials that stored them.
         now: When the evidence was read (running trials' elapsed time is measured to it).
     """
 
@@ -54,6 +58,7 @@ class Evidence:
     classes: list[str]
     val_labels: list[int]
     best: FrozenTrial | None
+    predictions: dict[int, list[int]] = field(default_factory=dict)
     now: datetime = field(default_factory=datetime.now)
 
     @property
@@ -70,15 +75,51 @@ class Evidence:
         return list(self.study.user_attrs.get(EXCLUDED_ATTR, []))
 
 
+def snapshot(study: optuna.Study) -> tuple[optuna.Study, dict[int, list[int]]]:
+    """Copy a study into memory once, setting the val predictions aside.
+
+    Written here because the report needs one consistent view: a running search keeps writing
+    to the storage while the report is drawn, and Optuna's plots each re-read (and deep-copy)
+    every trial, which costs seconds at 1,000 trials carrying their val predictions.
+
+    Args:
+        study: The study, in any storage.
+
+    Returns:
+        ``(copy, predictions)``: an in-memory study with the same name, direction, user attributes
+        and trials (same numbers, states, times and values), and ``{trial number: val predictions}``.
+    """
+    trials = study.get_trials(deepcopy=False)
+    predictions = {t.number: list(t.user_attrs[_PREDICTIONS_ATTR]) for t in trials
+                   if _PREDICTIONS_ATTR in t.user_attrs}
+    storage = optuna.storages.InMemoryStorage()
+    quiet = logging.getLogger("optuna.storages._in_memory")  # it logs every new in-memory study at INFO
+    was_disabled, quiet.disabled = quiet.disabled, True
+    try:
+        storage.create_new_study(study.directions, study.study_name)
+    finally:
+        quiet.disabled = was_disabled
+    copy = optuna.Study(study_name=study.study_name, storage=storage)
+    for key, value in study.user_attrs.items():
+        copy.set_user_attr(key, value)
+    copy.add_trials([FrozenTrial(
+        number=t.number, state=t.state, value=None, values=t.values, datetime_start=t.datetime_start,
+        datetime_complete=t.datetime_complete, params=t.params, distributions=t.distributions,
+        user_attrs={k: v for k, v in t.user_attrs.items() if k != _PREDICTIONS_ATTR}, system_attrs=t.system_attrs,
+        intermediate_values=t.intermediate_values, trial_id=t._trial_id) for t in trials])
+    return copy, predictions
+
+
 def collect(study: optuna.Study) -> Evidence:
-    """Read a study's trials, leaderboard and stored configuration.
+    """Read a study's trials, leaderboard and stored configuration, once.
 
     Args:
         study: Any Optuna study; one made by :func:`autotransfer.search` fills every section.
 
     Returns:
-        The :class:`Evidence`.
+        The :class:`Evidence`, over an in-memory :func:`snapshot` of the study.
     """
+    study, predictions = snapshot(study)
     config: dict[str, Any] = dict(study.user_attrs.get(CONFIG_ATTR, {}))
     metric = str(config.get("budget", {}).get("metric", "accuracy"))
     trials = study.get_trials(deepcopy=False)
@@ -88,7 +129,7 @@ def collect(study: optuna.Study) -> Evidence:
     split = study.user_attrs.get(SPLIT_ATTR, {})
     return Evidence(study=study, config=config, metric=metric, trials=trials,
                     board=leaderboard(study, metric), classes=list(config.get("dataset", {}).get("classes", [])),
-                    val_labels=[int(label) for _, label in split.get("val", [])], best=best)
+                    val_labels=[int(label) for _, label in split.get("val", [])], best=best, predictions=predictions)
 
 
 def trial_seconds(trial: FrozenTrial, now: datetime) -> float:
@@ -127,7 +168,7 @@ def summary(ev: Evidence) -> dict[str, Any]:
     assert best.value is not None and runner.value is not None
     lead: dict[str, Any] = {**_trial_row(runner), "gap": best.value - runner.value,
                             "same_family": runner.user_attrs.get("family") == best.user_attrs.get("family")}
-    lead.update(_paired_test(best, runner, ev.val_labels) if ev.metric == "accuracy" else {})
+    lead.update(_paired_test(ev, best, runner) if ev.metric == "accuracy" else {})
     out["runner_up"] = lead
     return out
 
@@ -140,9 +181,10 @@ def _trial_row(trial: FrozenTrial) -> dict[str, Any]:
                                          "trainable_params", "epochs")}}
 
 
-def _paired_test(best: FrozenTrial, other: FrozenTrial, labels: list[int]) -> dict[str, Any]:
+def _paired_test(ev: Evidence, best: FrozenTrial, other: FrozenTrial) -> dict[str, Any]:
     """Exact McNemar test of two trials' val predictions; empty when they were not stored."""
-    a, b = best.user_attrs.get("val_predictions"), other.user_attrs.get("val_predictions")
+    labels = ev.val_labels
+    a, b = ev.predictions.get(best.number), ev.predictions.get(other.number)
     if not labels or a is None or b is None or not len(a) == len(b) == len(labels):
         return {}
     truth = np.asarray(labels)
@@ -266,5 +308,5 @@ def baseline_comparison(ev: Evidence) -> dict[str, Any] | None:
     if ev.best is not None and trial.state == TrialState.COMPLETE and trial.value is not None:
         assert ev.best.value is not None
         row["gain"] = ev.best.value - trial.value
-        row.update({f"best_{k}": v for k, v in _paired_test(ev.best, trial, ev.val_labels).items()})
+        row.update({f"best_{k}": v for k, v in _paired_test(ev, ev.best, trial).items()})
     return row

@@ -128,6 +128,7 @@ def render_report(study: optuna.Study) -> str:
         elif note:
             notes[key] = note
 
+    study = ev.study  # one consistent in-memory snapshot for every section
     add("history", history_figure(study, ev.metric), "No trial has completed yet.")
     curves = learning_curves(ev.trials)
     add("curves", curves_figure(curves, ev.best.number if ev.best else None, ev.metric) if len(curves) else None,
@@ -163,7 +164,7 @@ def _best_trial_sections(ev: Evidence, add: Any) -> tuple[dict[str, Any] | None,
     """Section 7: per-class val metrics and confusion of the best trial; test only for the final pick."""
     if ev.best is None:
         return None, None
-    val = _per_class(ev, ev.best, ev.val_labels, ev.best.user_attrs.get("val_predictions"), "val")
+    val = _per_class(ev, ev.best, ev.val_labels, ev.predictions.get(ev.best.number), "val")
     if val is not None:
         add("confusion_val", val.pop("figure"))
     test = ev.test
@@ -210,8 +211,9 @@ class OutputWriter:
     """Study callback that keeps ``leaderboard.csv`` current and refreshes ``report.html``.
 
     The leaderboard is rewritten after every trial; the report after the first trial and then
-    whenever ``every`` seconds have passed since the last render (rendering a large study takes
-    seconds, a trial on a small budget may not), and always on :meth:`final`.
+    whenever ``every`` seconds, and at least ten times the last render's duration, have passed
+    since the last render (so refreshing costs at most about a tenth of the search, even at 1,000
+    trials), and always on :meth:`final`.
 
     Args:
         out: The output folder.
@@ -221,13 +223,16 @@ class OutputWriter:
     def __init__(self, out: Path, every: float = 30.0) -> None:
         self.out, self.every = out, every
         self._last: float | None = None
+        self._render_seconds = 0.0
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         atomic_write_text(self.out / "leaderboard.csv", leaderboard(study).to_csv(index=False))
-        if self._last is None or time.monotonic() - self._last >= self.every:
+        if self._last is None or time.monotonic() - self._last >= max(self.every, 10 * self._render_seconds):
             self.final(study)
 
     def final(self, study: optuna.Study) -> None:
         """Write both files now."""
+        start = time.monotonic()
         write_outputs(study, self.out)
         self._last = time.monotonic()
+        self._render_seconds = self._last - start
