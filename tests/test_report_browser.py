@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from PIL import Image
@@ -39,11 +39,20 @@ class OpenedReport:
     dialogs: list[str] = field(default_factory=list)
 
 
+def _skip(reason: str) -> NoReturn:
+    if os.environ.get("AUTOTRANSFER_REQUIRE_BROWSER"):  # set by .ci/run once Chromium is installed
+        pytest.fail(f"AUTOTRANSFER_REQUIRE_BROWSER is set but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (the test extra has it)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        _skip("Playwright is not installed (pip install -e '.[test]')")
     if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
+        _skip("Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=_ARGS)
         yield chromium
