@@ -2,31 +2,74 @@
 
 An Optuna study samples strategies (timm backbone, freeze depth, head width, learning rate),
 trains each on a small budget with pruning, and ranks them in a leaderboard and an HTML report.
+
+The public names below load on first use (lazy loading as in the Scientific Python SPEC 1), so
+``autotransfer report`` and other commands that only read a study's storage start without
+importing PyTorch.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .data import ImageDataset, LabelledImages, load_dataset
-from .errors import (
-    AutotransferError,
-    ConfigError,
-    DataError,
-    StudyMismatchError,
-    TrialFailed,
-    WeightsNotFoundError,
-)
-from .leaderboard import LEADERBOARD_COLUMNS, leaderboard
-from .objective import Objective, trial_seed
-from .report import render_report, write_outputs, write_report
-from .search_space import BASELINE_RECIPE, SearchSpace, Strategy, bundled_spaces, load_search_space, strategy_family
-from .storage import load_existing_study
-from .study import SearchResult, make_pruner, make_sampler, open_study, search
-from .trainer import Budget, TrainResult, evaluate, evaluate_split, fit, make_transforms, predict_labels, resolve_device
-from .transfer import TransferNet, block_groups, count_parameters, freeze_backbone, make_head
-from .zoo import Zoo, ZooEntry, check_backbones, create_backbone, feature_dim, load_zoo
+
+_EXPORTS: dict[str, str] = {
+    "BASELINE_RECIPE": "search_space",
+    "LEADERBOARD_COLUMNS": "leaderboard",
+    "PRUNERS": "samplers",
+    "AutotransferError": "errors",
+    "Budget": "trainer",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "ImageDataset": "data",
+    "LabelledImages": "data",
+    "Objective": "objective",
+    "SearchResult": "study",
+    "SearchSpace": "search_space",
+    "Strategy": "search_space",
+    "StudyMismatchError": "errors",
+    "TrainResult": "trainer",
+    "TransferNet": "transfer",
+    "TrialFailed": "errors",
+    "WeightsNotFoundError": "errors",
+    "Zoo": "zoo",
+    "ZooEntry": "zoo",
+    "block_groups": "transfer",
+    "bundled_spaces": "search_space",
+    "check_backbones": "zoo",
+    "count_parameters": "transfer",
+    "create_backbone": "zoo",
+    "evaluate": "trainer",
+    "evaluate_split": "trainer",
+    "feature_dim": "zoo",
+    "fit": "trainer",
+    "freeze_backbone": "transfer",
+    "leaderboard": "leaderboard",
+    "load_dataset": "data",
+    "load_existing_study": "storage",
+    "load_search_space": "search_space",
+    "load_zoo": "zoo",
+    "make_head": "transfer",
+    "make_pruner": "samplers",
+    "make_sampler": "samplers",
+    "make_transforms": "trainer",
+    "open_study": "study",
+    "predict_labels": "trainer",
+    "render_report": "report",
+    "resolve_device": "trainer",
+    "search": "study",
+    "strategy_family": "search_space",
+    "trial_seed": "objective",
+    "write_outputs": "report",
+    "write_report": "report",
+}
 
 __all__ = [
     "BASELINE_RECIPE",
     "LEADERBOARD_COLUMNS",
+    "PRUNERS",
     "AutotransferError",
     "Budget",
     "ConfigError",
@@ -74,3 +117,40 @@ __all__ = [
     "write_outputs",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autotransfer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from .data import ImageDataset, LabelledImages, load_dataset
+    from .errors import AutotransferError, ConfigError, DataError, StudyMismatchError, TrialFailed, WeightsNotFoundError
+    from .leaderboard import LEADERBOARD_COLUMNS, leaderboard
+    from .objective import Objective, trial_seed
+    from .report import render_report, write_outputs, write_report
+    from .samplers import PRUNERS, make_pruner, make_sampler
+    from .search_space import BASELINE_RECIPE, SearchSpace, Strategy, bundled_spaces, load_search_space, strategy_family
+    from .storage import load_existing_study
+    from .study import SearchResult, open_study, search
+    from .trainer import (
+        Budget,
+        TrainResult,
+        evaluate,
+        evaluate_split,
+        fit,
+        make_transforms,
+        predict_labels,
+        resolve_device,
+    )
+    from .transfer import TransferNet, block_groups, count_parameters, freeze_backbone, make_head
+    from .zoo import Zoo, ZooEntry, check_backbones, create_backbone, feature_dim, load_zoo

@@ -13,14 +13,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from .errors import AutotransferError
 from .report import write_report
+from .samplers import PRUNERS
 from .storage import load_existing_study, sqlite_path
-from .study import PRUNERS, SearchResult, search
+
+if TYPE_CHECKING:
+    from .study import SearchResult
 
 __all__ = ["build_parser", "main"]
 
@@ -106,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("timm").setLevel(logging.WARNING)
     if args.command == "report":
         return _report(args)
+    from .study import search  # imports PyTorch: only the commands that train pay for it
+
     data = "digits" if args.command == "demo" else args.data
     name = getattr(args, "study_name", None) or ("demo" if args.command == "demo" else Path(data).name)
     out = args.out or Path("reports") / name

@@ -1,16 +1,14 @@
-"""The study: sampler, pruner, storage, resume checks, and the ``search`` entry point.
+"""The study: storage, resume checks, the baseline trial, and the ``search`` entry point.
 
-Defaults (DESIGN.md): ``TPESampler`` with every option that changed between Optuna 4 and 5 passed
-explicitly, and ``HyperbandPruner`` over epochs (Li et al., 2018, "Hyperband", JMLR 18(185)).
-The study stores its configuration (dataset fingerprint, split, search space, budget) as user
-attributes and refuses to resume with a different one.
+The sampler and pruner come from :mod:`autotransfer.samplers`. The study stores its configuration
+(dataset fingerprint, split, search space, budget, baseline) as user attributes and refuses to resume
+with a different one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from .errors import ConfigError, StudyMismatchError, TrialFailed, describe
 from .leaderboard import leaderboard
 from .objective import EpochProgress, Objective
 from .report import OutputWriter
+from .samplers import PRUNERS, make_pruner, make_sampler
 from .search_space import SearchSpace, Strategy, load_search_space
 from .trainer import Budget, resolve_device
 from .zoo import Zoo, check_backbones, load_zoo
@@ -42,48 +41,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRUNERS = ("hyperband", "median", "sha", "none")
 CONFIG_ATTR = "autotransfer.config"
 SPLIT_ATTR = "autotransfer.split"
 StudyCallback = Callable[[optuna.Study, FrozenTrial], None]
-
-
-def make_sampler(seed: int, n_startup_trials: int = 5) -> optuna.samplers.TPESampler:
-    """The default sampler: seeded multivariate TPE (Bergstra et al., 2011; Falkner et al., 2018).
-
-    ``constant_liar`` keeps parallel workers from sampling the same point (Optuna docs).
-
-    Args:
-        seed: Sampler seed.
-        n_startup_trials: Random trials before TPE models the space.
-    """
-    with warnings.catch_warnings():  # `group` and `constant_liar` are flagged experimental in Optuna
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=n_startup_trials)
-
-
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """Build a pruner over epochs.
-
-    Args:
-        name: ``"hyperband"`` (default; ``min_resource=1``, ``max_resource=epochs``,
-            ``reduction_factor=3``), ``"median"`` (after 2 complete trials), ``"sha"`` (successive
-            halving, ``min_resource=1``, ``reduction_factor=3``) or ``"none"``.
-        epochs: The budget's maximum epochs.
-
-    Raises:
-        ConfigError: Unknown name.
-    """
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if name == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ConfigError(describe("pruner", f"one of {list(PRUNERS)}", name))
 
 
 def study_config(dataset: ImageDataset, space: SearchSpace, budget: Budget,

@@ -23,6 +23,16 @@ from tests.conftest import ZOO_FILE, needs_shared
 def test_every_public_name_resolves() -> None:
     for name in autotransfer.__all__:
         assert getattr(autotransfer, name) is not None, name
+    assert set(autotransfer.__all__) == {"__version__", *autotransfer._EXPORTS}
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        autotransfer.nope  # noqa: B018
+
+
+def test_reading_a_study_does_not_import_pytorch() -> None:
+    code = ("import sys, autotransfer.cli, autotransfer.report, autotransfer.storage; "
+            "from autotransfer import render_report, load_existing_study; print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"  # `autotransfer report` starts in about a second, not seven
 
 
 def test_search_command_prints_progress_and_leaderboard(tmp_path: Path, test_model_zoo: Path,
