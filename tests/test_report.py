@@ -165,3 +165,18 @@ def test_evidence_keeps_test_figures_for_the_final_pick_only() -> None:
     study.set_user_attr("autotransfer.test", {**study.user_attrs["autotransfer.test"], "trial": ev.best.number + 1})
     assert collect(study).test is None
     assert "No test figures yet for the current best trial" in render_report(study)
+
+
+def test_a_failing_report_does_not_end_the_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    study = make_synthetic_study(3)
+
+    def broken(study: optuna.Study) -> str:
+        raise RuntimeError("plotting bug")
+
+    monkeypatch.setattr(render_module, "render_report", broken)
+    writer = OutputWriter(tmp_path, every=0)
+    writer(study, study.trials[-1])
+    writer.final(study)
+    assert "plotting bug" in caplog.text and "autotransfer report --storage" in caplog.text
+    assert (tmp_path / "leaderboard.csv").is_file() and not (tmp_path / "report.html").exists()

@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
@@ -226,13 +227,26 @@ class OutputWriter:
         self._render_seconds = 0.0
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        atomic_write_text(self.out / "leaderboard.csv", leaderboard(study).to_csv(index=False))
         if self._last is None or time.monotonic() - self._last >= max(self.every, 10 * self._render_seconds):
             self.final(study)
+        else:
+            self._guarded(lambda: atomic_write_text(self.out / "leaderboard.csv",
+                                                    leaderboard(study).to_csv(index=False)))
 
     def final(self, study: optuna.Study) -> None:
         """Write both files now."""
         start = time.monotonic()
-        write_outputs(study, self.out)
+        self._guarded(lambda: write_outputs(study, self.out))
         self._last = time.monotonic()
         self._render_seconds = self._last - start
+
+    def _guarded(self, write: Callable[[], object]) -> None:
+        # The outputs are by-products of the study, which stays in storage: a failure to write
+        # them (disk full, a plotting bug) must not end a night's search. It is logged with
+        # the command that rebuilds them.
+        try:
+            write()
+        except Exception as err:
+            logger.error("Could not write the outputs in %s (%s: %s); the trials are safe in the study's storage: "
+                         "rebuild the report with `autotransfer report --storage URL --study-name NAME`.",
+                         self.out, type(err).__name__, err)
