@@ -108,18 +108,19 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def render_report(study: optuna.Study) -> str:
+def render_report(study: optuna.Study | Evidence) -> str:
     """Render the HTML report of a study from its storage.
 
     Works at any time: while trials run (shown as running), after the study ends, after a crash.
 
     Args:
-        study: The study; one made by :func:`autotransfer.search` fills every section.
+        study: The study (one made by :func:`autotransfer.search` fills every section), or its
+            :class:`~autotransfer.report.Evidence` when already collected.
 
     Returns:
         The HTML page as a string (about 5 MB, most of it plotly.js).
     """
-    ev = collect(study)
+    ev = study if isinstance(study, Evidence) else collect(study)
     figures: dict[str, Any] = {}
     notes: dict[str, str] = {}
 
@@ -202,10 +203,11 @@ def write_report(study: optuna.Study, path: str | Path) -> Path:
 
 
 def write_outputs(study: optuna.Study, out: str | Path) -> None:
-    """Write ``out/leaderboard.csv`` and ``out/report.html`` from the study, atomically."""
+    """Write ``out/leaderboard.csv`` and ``out/report.html`` from one read of the study, atomically."""
     folder = Path(out)
-    atomic_write_text(folder / "leaderboard.csv", leaderboard(study).to_csv(index=False))
-    write_report(study, folder / "report.html")
+    ev = collect(study)
+    atomic_write_text(folder / "leaderboard.csv", ev.board.to_csv(index=False))
+    atomic_write_text(folder / "report.html", render_report(ev))
 
 
 class OutputWriter:
