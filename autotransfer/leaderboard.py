@@ -16,6 +16,8 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
+from .storage import CONFIG_ATTR
+
 __all__ = ["LEADERBOARD_COLUMNS", "leaderboard"]
 
 _PARAMS = ["params_backbone", "params_freeze_depth", "params_head_width", "params_learning_rate"]
@@ -38,7 +40,7 @@ def leaderboard(study: optuna.Study, metric: str | None = None) -> pd.DataFrame:
         Empty (with those columns) for a study without trials.
     """
     if metric is None:
-        metric = study.user_attrs.get("autotransfer.config", {}).get("budget", {}).get("metric", "accuracy")
+        metric = study.user_attrs.get(CONFIG_ATTR, {}).get("budget", {}).get("metric", "accuracy")
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs"))
     if frame.empty:
         return pd.DataFrame(columns=LEADERBOARD_COLUMNS)

@@ -27,13 +27,13 @@ import torch
 from .data import DIGITS, ImageDataset
 from .errors import TrialFailed
 from .search_space import SearchSpace
+from .storage import TEST_ATTR
 from .trainer import Budget, evaluate_split, fit, seed_everything
 from .transfer import TransferNet, count_parameters
 from .zoo import Zoo, create_backbone
 
-__all__ = ["TEST_ATTR", "EpochProgress", "Objective", "trial_seed"]
+__all__ = ["EpochProgress", "Objective", "trial_seed"]
 
-TEST_ATTR = "autotransfer.test"
 logger = logging.getLogger(__name__)
 
 EpochProgress = Callable[[optuna.Trial, int, dict[str, float]], None]

@@ -14,7 +14,13 @@ import sqlalchemy.exc
 
 from .errors import ConfigError
 
-__all__ = ["load_existing_study", "sqlite_path"]
+__all__ = ["CONFIG_ATTR", "EXCLUDED_ATTR", "SPLIT_ATTR", "TEST_ATTR", "load_existing_study", "sqlite_path"]
+
+# The study user attributes autotransfer writes; the report reads them back.
+CONFIG_ATTR = "autotransfer.config"  # dataset, split method, space, budget, baseline
+SPLIT_ATTR = "autotransfer.split"  # {"train"|"val"|"test": [[key, label], ...]}
+TEST_ATTR = "autotransfer.test"  # {"trial", "metrics", "predictions"} of the final pick on test
+EXCLUDED_ATTR = "autotransfer.excluded"  # [[path, reason], ...] of undecodable files
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -25,6 +25,7 @@ from .objective import EpochProgress, Objective
 from .report import OutputWriter
 from .samplers import PRUNERS, make_pruner, make_sampler
 from .search_space import SearchSpace, Strategy, load_search_space
+from .storage import CONFIG_ATTR, EXCLUDED_ATTR, SPLIT_ATTR
 from .trainer import Budget, resolve_device
 from .zoo import Zoo, check_backbones, load_zoo
 
@@ -41,8 +42,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CONFIG_ATTR = "autotransfer.config"
-SPLIT_ATTR = "autotransfer.split"
 StudyCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
@@ -237,7 +236,7 @@ def search(
         storage = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
     study = open_study(storage, study_name or dataset.name, study_config(dataset, search_space, budget, recipe),
                        sampler=sampler, pruner=pruner_obj, split=dataset.split_record())
-    study.set_user_attr("autotransfer.excluded", [list(item) for item in dataset.excluded])
+    study.set_user_attr(EXCLUDED_ATTR, [list(item) for item in dataset.excluded])
     search_space = _with_baseline(study, search_space)
     result = SearchResult(study, dataset, out_dir, metric)
     objective = Objective(dataset, search_space, budget, local_zoo, torch_device, seed, on_epoch)

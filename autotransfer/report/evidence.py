@@ -22,14 +22,11 @@ from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from ..leaderboard import leaderboard
+from ..storage import CONFIG_ATTR, EXCLUDED_ATTR, SPLIT_ATTR, TEST_ATTR
 
 __all__ = ["Evidence", "collect", "family_ranking", "learning_curves", "pareto_front", "per_class_metrics",
            "snapshot"]
 
-CONFIG_ATTR = "autotransfer.config"
-SPLIT_ATTR = "autotransfer.split"
-TEST_ATTR = "autotransfer.test"
-EXCLUDED_ATTR = "autotransfer.excluded"
 _PREDICTIONS_ATTR = "val_predictions"
 
 

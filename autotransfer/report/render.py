@@ -28,6 +28,7 @@ from plotly.offline import get_plotlyjs
 
 from .._version import __version__
 from ..leaderboard import leaderboard
+from ..storage import SPLIT_ATTR
 from .evidence import (
     Evidence,
     baseline_comparison,
@@ -172,7 +173,7 @@ def _best_trial_sections(ev: Evidence, add: Any) -> tuple[dict[str, Any] | None,
     test = ev.test
     test_section = None
     if test is not None:
-        split = ev.study.user_attrs.get("autotransfer.split", {})
+        split = ev.study.user_attrs.get(SPLIT_ATTR, {})
         labels = [int(label) for _, label in split.get("test", [])]
         test_section = _per_class(ev, ev.best, labels, test.get("predictions"), "test") or {}
         if "figure" in test_section:
