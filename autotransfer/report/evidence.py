@@ -120,9 +120,10 @@ def collect(study: optuna.Study) -> Evidence:
     config: dict[str, Any] = dict(study.user_attrs.get(CONFIG_ATTR, {}))
     metric = str(config.get("budget", {}).get("metric", "accuracy"))
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    # Optuna's best_trial: the first trial reaching the maximum (direction is "maximize").
-    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    try:
+        best: FrozenTrial | None = study.best_trial
+    except ValueError:  # Optuna's answer when no trial has completed
+        best = None
     split = study.user_attrs.get(SPLIT_ATTR, {})
     return Evidence(study=study, config=config, metric=metric, trials=trials,
                     board=leaderboard(study, metric), classes=list(config.get("dataset", {}).get("classes", [])),
