@@ -1,4 +1,4 @@
-"""Command-line interface: ``autotransfer search``, ``autotransfer demo`` and ``autotransfer report``.
+"""Command-line interface: ``autotransfer search``, ``demo``, ``report`` and ``status``.
 
 Progress lines and the final leaderboard go to standard output; handlers and printing live
 here only (the library logs through ``logging``).
@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial
 
+from . import interrupt
 from .errors import AutotransferError
 from .report import write_report
 from .samplers import PRUNERS
-from .storage import load_existing_study, sqlite_path
+from .status import format_status, study_status
+from .storage import load_existing_study, sqlite_path, stop_reason, storage_kind
 
 if TYPE_CHECKING:
     from .study import SearchResult
@@ -45,7 +47,7 @@ class _Progress:
               f" lr {p.get('learning_rate'):.1e}]  {self._best(trial.study)}", flush=True)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        reason = trial.user_attrs.get("stop_reason", "")
+        reason = stop_reason(trial)
         print(f"trial {trial.number} {trial.state.name.lower()} ({reason}) in "
               f"{trial.user_attrs.get('seconds', 0.0):.1f} s  {self._best(study)}  "
               f"elapsed {time.perf_counter() - self.start:.0f} s", flush=True)
@@ -78,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--storage", required=True, help="Optuna storage URL, e.g. sqlite:///reports/NAME/study.db")
     r.add_argument("--study-name", help="study name (may be omitted when the storage holds one study)")
     r.add_argument("--out", type=Path, help="HTML file to write (default: report.html beside a SQLite "
-                   "study.db, else reports/STUDY_NAME/report.html)")
+                   "study.db or a study.journal, else reports/STUDY_NAME/report.html)")
+    st = sub.add_parser("status", help="print a study's progress: trials by state, best so far, time left")
+    st.add_argument("--storage", required=True, help="Optuna storage URL or journal file of the study")
+    st.add_argument("--study-name", help="study name (may be omitted when the storage holds one study)")
     return parser
 
 
@@ -97,19 +102,30 @@ def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space
     p.add_argument("--pruner", default="hyperband", choices=PRUNERS, help="pruner (default: hyperband)")
     p.add_argument("--no-baseline", action="store_true", help="do not run the textbook baseline (frozen backbone, "
                    "Dense(1024) head, lr 1e-4) as the first trial of a new study")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (journal file or "
+                   "PostgreSQL storage; not SQLite) (default: 1)")
+    p.add_argument("--trial-timeout", type=float, metavar="SECONDS", help="end a trial that runs longer than this "
+                   "(pruned at its last epoch, or failed before its first)")
+    p.add_argument("--heartbeat-interval", type=int, default=60, metavar="SECONDS", help="heartbeat of running "
+                   "trials on a database server; a trial silent for twice this is retried (default: 60)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 bad input, 130 interrupted)."""
+    """Run the command line; returns the exit status (0 ok, 1 bad input, 130 SIGINT, 143 SIGTERM)."""
     args = build_parser().parse_args(argv)
     # Ctrl+C / `kill -INT` must end the search cleanly even when the shell started us with SIGINT
     # ignored (a background job of a script): restore Python's KeyboardInterrupt handler.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by our own lines
     logging.getLogger("timm").setLevel(logging.WARNING)
-    if args.command == "report":
-        return _report(args)
+    if args.command in ("report", "status"):
+        return _read_only(args)
+    with interrupt.graceful_stop(hard_exit=True):  # a second signal exits at once
+        return _search(args)
+
+
+def _search(args: argparse.Namespace) -> int:
     from .study import search  # imports PyTorch: only the commands that train pay for it
 
     data = "digits" if args.command == "demo" else args.data
@@ -121,25 +137,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                         epochs=args.epochs, batch_size=args.batch_size, metric=args.metric,
                         pruner=args.pruner, storage=getattr(args, "storage", None), study_name=name,
                         out=out, zoo=args.zoo, seed=args.seed, device=args.device,
-                        on_epoch=progress.epoch, callbacks=[progress], baseline=not args.no_baseline)
+                        on_epoch=progress.epoch, callbacks=[progress], baseline=not args.no_baseline,
+                        workers=args.workers, trial_timeout=args.trial_timeout,
+                        heartbeat_interval=args.heartbeat_interval)
     except AutotransferError as err:
         print(f"autotransfer: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"\nInterrupted. Finished trials are kept in the study; the leaderboard and report in {out} "
-              "were rewritten. Run the same command again to resume.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        why = f"Stopped by {err.signame}" if isinstance(err, interrupt.Interrupted) else "Interrupted"
+        print(f"\n{why}: the running trial was recorded as interrupted; finished trials are kept in the "
+              f"study, and the leaderboard and report in {out} were rewritten. Run the same command again to "
+              "resume.", file=sys.stderr)
+        return err.exit_status if isinstance(err, interrupt.Interrupted) else 130
     _print_summary(result, out)
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
+def _read_only(args: argparse.Namespace) -> int:
     try:
         study = load_existing_study(args.storage, args.study_name)
     except AutotransferError as err:
         print(f"autotransfer: error: {err}", file=sys.stderr)
         return 1
-    db = sqlite_path(args.storage)
+    if args.command == "status":
+        print(format_status(study_status(study)))
+        return 0
+    db = Path(args.storage) if storage_kind(args.storage) == "journal" else sqlite_path(args.storage)
     out = args.out or (db.parent / "report.html" if db is not None else Path("reports") / study.study_name
                        / "report.html")
     write_report(study, out)

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .errors import DataError, describe
+from .errors import BadImageError, DataError, describe
 
 __all__ = ["DIGITS", "ImageDataset", "LabelledImages", "load_dataset", "open_image"]
 
@@ -82,6 +82,19 @@ class ImageDataset:
         blob = json.dumps({"classes": list(self.classes), "splits": self.split_record()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    def without(self, key: str, reason: str) -> ImageDataset:
+        """A copy with the sample ``key`` removed from every split and listed as excluded.
+
+        Used when a file becomes unreadable during a search: later trials train without it.
+        The fingerprint changes, so resuming later re-scans and compares as usual.
+        """
+        splits = {name: [item for item in items if item[0] != key] for name, items in self.splits.items()}
+        return replace(self, splits=splits, excluded=[*self.excluded, (str(Path(self.root) / key), reason)])
+
+    def split_of(self, key: str) -> str | None:
+        """The split holding the sample ``key``, or None."""
+        return next((name for name, items in self.splits.items() if any(k == key for k, _ in items)), None)
+
     def load(self, key: str) -> Image.Image:
         """Open one image as RGB (PIL).
 
@@ -115,6 +128,10 @@ class LabelledImages(Dataset[tuple[Any, int]]):
         dataset: The dataset.
         split: ``"train"``, ``"val"`` or ``"test"``.
         transform: Maps a PIL image to a tensor of shape ``(3, H, W)`` (timm's ``create_transform``).
+
+    Raises (from indexing):
+        BadImageError: The file no longer decodes (replaced or truncated after the scan); the
+            error names its full path.
     """
 
     def __init__(self, dataset: ImageDataset, split: str, transform: Callable[[Image.Image], Any]) -> None:
@@ -129,8 +146,8 @@ class LabelledImages(Dataset[tuple[Any, int]]):
         key, label = self.items[index]
         try:
             image = open_image(self.root, key)
-        except OSError as err:
-            raise OSError(f"bad image {key!r} in {self.root}: {err}") from err
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # as in _decode_error
+            raise BadImageError(key, str(Path(self.root) / key), f"{type(err).__name__}: {err}") from err
         return self.transform(image), label
 
 

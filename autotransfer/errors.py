@@ -9,10 +9,12 @@ from __future__ import annotations
 
 __all__ = [
     "AutotransferError",
+    "BadImageError",
     "ConfigError",
     "DataError",
     "StudyMismatchError",
     "TrialFailed",
+    "TrialTimeout",
     "WeightsNotFoundError",
     "describe",
 ]
@@ -48,6 +50,33 @@ class TrialFailed(AutotransferError, RuntimeError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class TrialTimeout(TrialFailed):
+    """A trial ran past its time limit (``--trial-timeout``).
+
+    Args:
+        reason: The stop reason (``"timeout: ..."``).
+        epochs_done: Epochs completed (and reported) before the limit was hit.
+    """
+
+    def __init__(self, reason: str, epochs_done: int) -> None:
+        super().__init__(reason)
+        self.epochs_done = epochs_done
+
+
+class BadImageError(AutotransferError, OSError):
+    """An image that decoded when the dataset was scanned cannot be read any more (changed on disk).
+
+    Args:
+        key: The sample key (path relative to the dataset root).
+        path: The file's full path.
+        cause: What the decoder said.
+    """
+
+    def __init__(self, key: str, path: str, cause: str) -> None:
+        super().__init__(f"bad image {path}: {cause}")
+        self.key, self.path, self.cause = key, path, cause
 
 
 def describe(what: str, expected: str, got: object) -> str:

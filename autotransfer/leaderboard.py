@@ -16,7 +16,7 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
-from .storage import CONFIG_ATTR
+from .storage import CONFIG_ATTR, stop_reason
 
 __all__ = ["LEADERBOARD_COLUMNS", "leaderboard"]
 
@@ -49,6 +49,8 @@ def leaderboard(study: optuna.Study, metric: str | None = None) -> pd.DataFrame:
         if column not in frame:
             frame[column] = pd.NA
     frame["baseline"] = frame["baseline"].astype("boolean").fillna(False).astype(bool)
+    reasons = {t.number: stop_reason(t) for t in study.get_trials(deepcopy=False)}
+    frame["stop_reason"] = frame["number"].map(reasons)
     score = pd.to_numeric(frame["value"], errors="coerce").fillna(
         pd.to_numeric(frame[f"val_{metric}"], errors="coerce"))
     frame = frame.assign(_state=frame["state"].map(_STATE_ORDER).fillna(9), _score=score)

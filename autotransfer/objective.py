@@ -3,9 +3,12 @@
 Every trial records user attributes the leaderboard and report read back from storage:
 ``family``, ``val_accuracy``, ``val_balanced_accuracy``, ``val_macro_f1``, ``val_loss``
 (after the last epoch run), ``epochs``, ``seconds``, ``trainable_params``, ``total_params``,
-``n_frozen_groups``, ``n_groups``, ``stop_reason`` (``completed``, ``pruned at epoch N``,
-``diverged: ...``, ``error: ...``, ``interrupted``) and, for complete trials, ``val_predictions``
-(the predicted class of every val image, in split order, for the report's per-class figures).
+``n_frozen_groups``, ``n_groups``, ``worker`` (host, PID and worker index of the process running
+it), ``batch_size`` (only when an out-of-memory retry halved it), ``stop_reason`` (``running`` while
+it runs, then ``completed``, ``pruned at epoch N``, ``timeout: ...``, ``diverged: ...``, ``oom: ...``,
+``bad image: PATH: ...``, ``error: ...`` or ``interrupted``; a trial failed because its process
+died reads ``stale``) and, for complete trials, ``val_predictions`` (the predicted class of every
+val image, in split order, for the report's per-class figures).
 
 When a trial completes as the best so far, it is evaluated once on the test split (if any) and
 the figures are stored in the study attribute ``autotransfer.test``; the report shows them only
@@ -14,21 +17,25 @@ for the final pick. The test split never feeds the objective.
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import optuna
 import torch
 
+from . import interrupt
 from .data import DIGITS, ImageDataset
-from .errors import TrialFailed
-from .search_space import SearchSpace
-from .storage import TEST_ATTR
-from .trainer import Budget, evaluate_split, fit, seed_everything
+from .errors import BadImageError, DataError, TrialFailed, TrialTimeout
+from .recovery import WORKER_ATTR, worker_identity
+from .search_space import SearchSpace, Strategy
+from .storage import EXCLUDED_ATTR, TEST_ATTR
+from .trainer import Budget, TrainResult, evaluate_split, fit, seed_everything
 from .transfer import TransferNet, count_parameters
 from .zoo import Zoo, create_backbone
 
@@ -49,17 +56,23 @@ class Objective:
     """Callable objective for ``study.optimize``: returns the val metric after the last epoch.
 
     Attributes:
-        dataset: The split dataset.
+        dataset: The split dataset (a file that becomes unreadable is dropped from it).
         space: The search space sampled through the trial.
         budget: Epochs, batch size and metric.
         zoo: Local weights, tried before timm's download.
         device: Where trials train.
         seed: Study seed; each trial is seeded with :func:`trial_seed`.
         on_epoch: Optional progress hook called after every epoch.
+        trial_timeout: Seconds a trial may run (None: no limit). A trial over the limit is pruned
+            at its last reported epoch, or failed if it had not finished one.
+        worker: Index of this worker process, recorded on each trial with its host and PID.
 
     Raises (from ``__call__``):
-        optuna.TrialPruned: The pruner stopped the trial.
-        TrialFailed: Training diverged or hit an error; pass it to ``optimize(catch=...)``.
+        optuna.TrialPruned: The pruner or the trial time limit stopped the trial.
+        TrialFailed: Training diverged, ran out of memory twice, or hit an error or a bad train
+            image; pass it to ``optimize(catch=...)``.
+        DataError: A val or test image became unreadable: later scores could not be compared.
+        Interrupted: SIGINT or SIGTERM asked for a stop (the trial is recorded as ``interrupted``).
     """
 
     dataset: ImageDataset
@@ -69,49 +82,100 @@ class Objective:
     device: torch.device
     seed: int = 0
     on_epoch: EpochProgress | None = None
+    trial_timeout: float | None = None
+    worker: int = 0
 
     def __call__(self, trial: optuna.Trial) -> float:
         start = time.perf_counter()
-        seed = trial_seed(self.seed, trial.number)
-        seed_everything(seed)  # before building: the head's initial weights come from this seed
-        strategy = self.space.suggest(trial)
-        trial.set_user_attr("family", strategy.family)
+        trial.set_user_attr(WORKER_ATTR, worker_identity(self.worker))
+        trial.set_user_attr("stop_reason", "running")  # a retried trial inherits its original's attributes
         try:
-            backbone, data_config = create_backbone(strategy.backbone, self.zoo)
-            net = TransferNet.build(backbone, strategy.freeze_depth, strategy.head_width, self.dataset.n_classes)
-            freeze = net.freeze_report
-            assert freeze is not None  # always set by TransferNet.build
-            trainable, total = count_parameters(net)
-            for key, value in (("trainable_params", trainable), ("total_params", total),
-                               ("n_groups", freeze.n_groups), ("n_frozen_groups", freeze.n_frozen)):
-                trial.set_user_attr(key, value)
-            result = fit(net, self.dataset, data_config, self.budget, strategy.learning_rate,
-                         seed=seed, device=self.device,
-                         on_epoch=lambda epoch, metrics: self._report(trial, epoch, metrics),
-                         hflip=self.dataset.root != DIGITS)
+            interrupt.check()
+            seed = trial_seed(self.seed, trial.number)
+            seed_everything(seed)  # before building: the head's initial weights come from this seed
+            strategy = self.space.suggest(trial)
+            trial.set_user_attr("family", strategy.family)
+            net, data_config, result = self._train(trial, strategy, seed, start)
+            if result.stop_reason != "completed":
+                self._finish(trial, result.stop_reason, start)
+                raise optuna.TrialPruned(result.stop_reason)
+            score = result.metrics[self.budget.metric]
+            trial.set_user_attr("val_predictions", result.predictions)
+            if self.dataset.splits.get("test") and _is_new_best(trial, score):
+                self._record_test(trial, net, data_config)
         except KeyboardInterrupt:
             self._finish(trial, "interrupted", start)
+            raise
+        except TrialTimeout as err:
+            self._finish(trial, err.reason, start)
+            if err.epochs_done:
+                raise optuna.TrialPruned(err.reason) from err
             raise
         except TrialFailed as err:
             self._finish(trial, err.reason, start)
             raise
+        except BadImageError as err:
+            self._bad_image(trial, err, start)
         except (RuntimeError, OSError, ValueError) as err:
             reason = f"error: {type(err).__name__}: {err}"
             self._finish(trial, reason, start)
             raise TrialFailed(reason) from err
-        if result.stop_reason != "completed":
-            self._finish(trial, result.stop_reason, start)
-            raise optuna.TrialPruned(result.stop_reason)
-        score = result.metrics[self.budget.metric]
-        trial.set_user_attr("val_predictions", result.predictions)
-        if self.dataset.splits.get("test") and _is_new_best(trial, score):
-            try:
-                self._record_test(trial, net, data_config)
-            except KeyboardInterrupt:
-                self._finish(trial, "interrupted", start)
-                raise
         self._finish(trial, result.stop_reason, start)
         return score
+
+    def _train(self, trial: optuna.Trial, strategy: Strategy, seed: int, start: float
+               ) -> tuple[TransferNet, dict[str, Any], TrainResult]:
+        """Build and fit the strategy; on out-of-memory, retry once with half the batch size."""
+        deadline = None if self.trial_timeout is None else time.monotonic() + self.trial_timeout
+        batch_size = self.budget.batch_size
+        while True:
+            try:
+                return self._build_and_fit(trial, strategy, seed, batch_size, deadline)
+            except torch.OutOfMemoryError as err:
+                message = str(err).splitlines()[0] if str(err) else "out of memory"
+            except TrialTimeout as err:
+                limit = self.trial_timeout
+                raise TrialTimeout(f"timeout: over the {limit:g} s trial limit ({err.reason}, "
+                                   f"{time.perf_counter() - start:.0f} s)", err.epochs_done) from err
+            _free_accelerator_memory(self.device)
+            if batch_size != self.budget.batch_size or batch_size == 1:
+                raise TrialFailed(f"oom: {message} (batch size {batch_size}, retried from "
+                                  f"{self.budget.batch_size})")
+            batch_size = max(1, batch_size // 2)
+            logger.warning("Trial %d ran out of memory (%s); retrying once with batch size %d.",
+                           trial.number, message, batch_size)
+            trial.set_user_attr("batch_size", batch_size)
+
+    def _build_and_fit(self, trial: optuna.Trial, strategy: Strategy, seed: int, batch_size: int,
+                       deadline: float | None) -> tuple[TransferNet, dict[str, Any], TrainResult]:
+        seed_everything(seed)
+        backbone, data_config = create_backbone(strategy.backbone, self.zoo)
+        net = TransferNet.build(backbone, strategy.freeze_depth, strategy.head_width, self.dataset.n_classes)
+        freeze = net.freeze_report
+        assert freeze is not None  # always set by TransferNet.build
+        trainable, total = count_parameters(net)
+        for key, value in (("trainable_params", trainable), ("total_params", total),
+                           ("n_groups", freeze.n_groups), ("n_frozen_groups", freeze.n_frozen)):
+            trial.set_user_attr(key, value)
+        budget = dataclasses.replace(self.budget, batch_size=batch_size)
+        result = fit(net, self.dataset, data_config, budget, strategy.learning_rate, seed=seed, device=self.device,
+                     on_epoch=lambda epoch, metrics: self._report(trial, epoch, metrics),
+                     hflip=self.dataset.root != DIGITS, deadline=deadline)
+        return net, data_config, result
+
+    def _bad_image(self, trial: optuna.Trial, err: BadImageError, start: float) -> NoReturn:
+        """Fail the trial naming the file; drop it for later trials, or stop if val/test changed."""
+        reason = f"bad image: {err.path}: {err.cause}"
+        self._finish(trial, reason, start)
+        split = self.dataset.split_of(err.key)
+        self.dataset = self.dataset.without(err.key, f"unreadable since trial {trial.number}: {err.cause}")
+        trial.study.set_user_attr(EXCLUDED_ATTR, [list(item) for item in self.dataset.excluded])
+        if split == "train":
+            logger.warning("Trial %d failed: %s. Later trials train without this file.", trial.number, reason)
+            raise TrialFailed(reason) from err
+        raise DataError(f"The {split} image {err.path} became unreadable during the search ({err.cause}); "
+                        f"{split} scores from now on could not be compared with earlier ones, so the search "
+                        "stops here. Restore the file and run the same command to resume.") from err
 
     def _record_test(self, trial: optuna.Trial, net: TransferNet, data_config: dict[str, Any]) -> None:
         """Evaluate a new best trial once on test and store it for the report (never for selection)."""
@@ -137,6 +201,12 @@ class Objective:
     def _finish(trial: optuna.Trial, reason: str, start: float) -> None:
         trial.set_user_attr("stop_reason", reason)
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+
+
+def _free_accelerator_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _is_new_best(trial: optuna.Trial, value: float) -> bool:

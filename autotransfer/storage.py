@@ -1,26 +1,94 @@
-"""Open an existing study from its storage, read-only in intent, with errors a person can act on.
+"""Where studies live: SQLite, a journal file, or a database server, and how to read them back.
+
+Three storages (DESIGN.md, "Storage"):
+
+* ``sqlite:///PATH``: the embedded default, one worker process at a time (SQLite with several
+  writing processes fails with "database is locked", so more workers are refused).
+* a file path (``OUT/study.journal``): Optuna's ``JournalStorage`` with a ``JournalFileBackend``,
+  for several worker processes on one host.
+* ``postgresql://...`` (or ``mysql://...``): Optuna's ``RDBStorage`` with heartbeats, for workers
+  on several hosts; a trial whose worker stops beating for ``grace_period`` seconds is failed
+  as stale and retried once more through ``RetryHeartbeatStaleTrialCallback``.
 
 Optuna's ``load_study`` on a SQLite URL whose file does not exist silently creates an empty
 database; here a missing file, an unknown study name or an unreadable storage is refused with
-the names that would be accepted.
+the names that would be accepted. Nothing here imports PyTorch.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy.exc
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
 
-from .errors import ConfigError
+from .errors import ConfigError, describe
 
-__all__ = ["CONFIG_ATTR", "EXCLUDED_ATTR", "SPLIT_ATTR", "TEST_ATTR", "load_existing_study", "sqlite_path"]
+__all__ = [
+    "CONFIG_ATTR",
+    "EXCLUDED_ATTR",
+    "RUN_ATTR_PREFIX",
+    "SPLIT_ATTR",
+    "TEST_ATTR",
+    "UNCOUNTED_REASONS",
+    "counts_towards_budget",
+    "default_storage",
+    "load_existing_study",
+    "make_storage",
+    "sqlite_path",
+    "stale_retry_callback",
+    "stop_reason",
+    "storage_kind",
+]
 
 # The study user attributes autotransfer writes; the report reads them back.
 CONFIG_ATTR = "autotransfer.config"  # dataset, split method, space, budget, baseline
 SPLIT_ATTR = "autotransfer.split"  # {"train"|"val"|"test": [[key, label], ...]}
 TEST_ATTR = "autotransfer.test"  # {"trial", "metrics", "predictions"} of the final pick on test
 EXCLUDED_ATTR = "autotransfer.excluded"  # [[path, reason], ...] of undecodable files
+RUN_ATTR_PREFIX = "autotransfer.run."  # + "HOST.PID": {"started", "timeout", "n_trials", "workers"}
+
+# Failed trials that do not use up --n-trials: the strategy was not judged, only cut short.
+UNCOUNTED_REASONS = frozenset({"interrupted", "stale"})
+_RDB_SCHEMES = ("postgresql", "mysql", "oracle", "mssql")
+MAX_STALE_RETRIES = 3  # a strategy that keeps killing its worker (host OOM killer) is given up after this
+
+
+def stop_reason(trial: FrozenTrial) -> str:
+    """Why a trial ended (or what it is doing), as the leaderboard and report show it.
+
+    Trials record ``stop_reason`` themselves; a failed trial without one (or still saying
+    ``running``) was failed by someone else because its process died: ``stale``.
+    """
+    reason = trial.user_attrs.get("stop_reason")
+    if trial.state == TrialState.RUNNING:
+        return "running"
+    if trial.state == TrialState.WAITING:
+        retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+        return "waiting" if retried is None else f"waiting (retry of stale trial {retried})"
+    if trial.state == TrialState.FAIL and reason in (None, "", "running"):
+        return "stale"
+    return str(reason or "")
+
+
+def counts_towards_budget(trial: FrozenTrial) -> bool:
+    """Whether a trial counts towards ``n_trials``: complete, pruned, or failed on its own merits."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and stop_reason(trial) not in UNCOUNTED_REASONS
+
+
+def stale_retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """Optuna's callback that re-enqueues a stale trial's parameters (at most 3 times per strategy)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_STALE_RETRIES)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -31,34 +99,138 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len(prefix):])
 
 
+def storage_kind(url: str | None) -> str:
+    """``"memory"``, ``"sqlite"``, ``"journal"`` (a file path) or ``"rdb"`` (a database server URL)."""
+    if url is None:
+        return "memory"
+    if url.startswith("sqlite:"):
+        return "sqlite"
+    if "://" in url:
+        return "rdb"
+    return "journal"
+
+
+def default_storage(out: Path, workers: int) -> str:
+    """The storage of an output folder: its existing ``study.journal`` or ``study.db``, else by ``workers``.
+
+    Raises:
+        ConfigError: ``workers > 1`` and the folder's study is in SQLite.
+    """
+    journal, db = out / "study.journal", out / "study.db"
+    if journal.is_file() or (workers > 1 and not db.is_file()):
+        return str(journal.resolve())
+    url = f"sqlite:///{db.resolve()}"
+    if workers > 1:
+        check_workers(url, workers)
+    return url
+
+
+def check_workers(url: str | None, workers: int) -> None:
+    """Refuse storages that cannot take ``workers`` processes, before anything runs.
+
+    Raises:
+        ConfigError: ``workers`` is not a positive integer, or several workers were asked of
+            SQLite or of an in-memory study.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(describe("workers", "a positive integer", workers))
+    if workers == 1:
+        return
+    kind = storage_kind(url)
+    if kind == "sqlite":
+        raise ConfigError(
+            f"SQLite ({url}) cannot take {workers} worker processes: concurrent writers fail with "
+            "'database is locked'. Use a journal file on this host (--storage OUT/study.journal, the "
+            "default for a new --out with --workers > 1) or PostgreSQL (--storage postgresql://...), "
+            "or run with --workers 1.")
+    if kind == "memory":
+        raise ConfigError(f"{workers} worker processes need a storage they can share: pass --out (a journal "
+                          "file is used) or --storage.")
+
+
+def make_storage(url: str | None, *, heartbeat_interval: int = 60) -> str | optuna.storages.BaseStorage | None:
+    """Open the storage named by ``url`` for a search.
+
+    Args:
+        url: ``sqlite:///PATH``, a database server URL (``postgresql://user:pw@host/db``), a
+            journal file path, or None (in memory).
+        heartbeat_interval: Seconds between heartbeats of a running trial on a database server;
+            a trial silent for twice that long is failed as stale and retried (Optuna's
+            ``RDBStorage(heartbeat_interval, grace_period, heartbeat_stale_trial_callback)``).
+
+    Returns:
+        What ``optuna.create_study(storage=...)`` accepts.
+
+    Raises:
+        ConfigError: The journal path is a SQLite file, the server cannot be reached, or its
+            driver is not installed.
+    """
+    kind = storage_kind(url)
+    if url is None or kind == "sqlite":
+        return url
+    if kind == "journal":
+        path = Path(url).expanduser()
+        if path.is_file() and path.read_bytes()[:16] == b"SQLite format 3\x00":
+            raise ConfigError(f"{url!r} is a SQLite database, not a journal file; pass it as sqlite:///{path}.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if isinstance(heartbeat_interval, bool) or not isinstance(heartbeat_interval, int) or heartbeat_interval < 1:
+        raise ConfigError(describe("heartbeat_interval", "a positive whole number of seconds", heartbeat_interval))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=2 * heartbeat_interval,
+                              heartbeat_stale_trial_callback=stale_retry_callback(),
+                              engine_kwargs={"pool_pre_ping": True})
+    except ImportError as err:
+        raise ConfigError(f"The storage {_redact(url)!r} needs a database driver: {err}. For PostgreSQL, "
+                          "pip install 'autotransfer[postgres]' (psycopg 3).") from err
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        raise ConfigError(f"Cannot open the storage {_redact(url)!r}: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0]}") from err
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
 def load_existing_study(storage: str, study_name: str | None = None) -> optuna.Study:
     """Load a study that must already exist.
 
     Args:
-        storage: An Optuna storage URL (``sqlite:///OUT/study.db``, ``postgresql://...``).
+        storage: ``sqlite:///OUT/study.db``, a journal file path, or a database server URL.
         study_name: The study's name; may be omitted when the storage holds exactly one study.
 
     Returns:
         The study (trials are read live, so a running study shows its running trials).
 
     Raises:
-        ConfigError: The SQLite file does not exist, the storage cannot be read, or the study name
-            is not in it (the message lists the names it holds).
+        ConfigError: The SQLite or journal file does not exist, the storage cannot be read, or the
+            study name is not in it (the message lists the names it holds).
     """
-    path = sqlite_path(storage)
+    path = sqlite_path(storage) if storage_kind(storage) == "sqlite" else None
+    if storage_kind(storage) == "journal":
+        path = Path(storage).expanduser()
     if path is not None and not path.is_file():
         raise ConfigError(f"The storage {storage!r} names the file {str(path)!r}, which does not exist; "
-                          "pass the sqlite:/// URL of an existing study.db (search writes OUT/study.db).")
+                          "pass the sqlite:/// URL of an existing study.db or the path of a study.journal.")
+    opened: Any = storage
     try:
-        names = optuna.get_all_study_names(storage=storage)
+        if storage_kind(storage) != "sqlite":
+            opened = make_storage(storage)
+        names = optuna.get_all_study_names(storage=opened)
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as err:
-        raise ConfigError(f"Cannot read the storage {storage!r}: {err}") from err
+        raise ConfigError(f"Cannot read the storage {_redact(storage)!r}: {err}") from err
     if study_name is None:
         if len(names) != 1:
-            raise ConfigError(f"The storage {storage!r} holds {len(names)} studies {sorted(names)}; "
+            raise ConfigError(f"The storage {_redact(storage)!r} holds {len(names)} studies {sorted(names)}; "
                               "choose one with --study-name.")
         study_name = names[0]
     if study_name not in names:
-        raise ConfigError(f"The storage {storage!r} has no study named {study_name!r}; "
+        raise ConfigError(f"The storage {_redact(storage)!r} has no study named {study_name!r}; "
                           f"it holds {sorted(names) or 'no studies'}.")
-    return optuna.load_study(study_name=study_name, storage=storage)
+    return optuna.load_study(study_name=study_name, storage=opened)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,17 +17,20 @@ from typing import Any
 
 import optuna
 import pandas as pd
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
+from . import interrupt
 from .data import ImageDataset, load_dataset
-from .errors import ConfigError, StudyMismatchError, TrialFailed, describe
+from .errors import ConfigError, StudyMismatchError, describe
 from .leaderboard import leaderboard
-from .objective import EpochProgress, Objective
+from .objective import EpochProgress
+from .recovery import finished_trials, reclaim_stale_trials, record_run
 from .report import OutputWriter
 from .samplers import PRUNERS, make_pruner, make_sampler
 from .search_space import SearchSpace, Strategy, load_search_space
-from .storage import CONFIG_ATTR, EXCLUDED_ATTR, SPLIT_ATTR
+from .storage import CONFIG_ATTR, EXCLUDED_ATTR, SPLIT_ATTR, check_workers, default_storage, make_storage
 from .trainer import Budget, resolve_device
+from .workers import WorkerJob, run_worker, run_workers
 from .zoo import Zoo, check_backbones, load_zoo
 
 __all__ = [
@@ -102,16 +106,6 @@ def open_study(storage: str | optuna.storages.BaseStorage | None, study_name: st
     return study
 
 
-def finished_trials(study: optuna.Study) -> int:
-    """Trials that count towards ``n_trials``: complete, pruned and failed, except interrupted ones."""
-    count = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                         TrialState.FAIL)):
-        if not (trial.state == TrialState.FAIL and trial.user_attrs.get("stop_reason") == "interrupted"):
-            count += 1
-    return count
-
-
 @dataclass
 class SearchResult:
     """The outcome of a search, read from the study's storage.
@@ -175,31 +169,41 @@ def search(
     callbacks: Sequence[StudyCallback] = (),
     baseline: bool = True,
     report_every: float = 30.0,
+    workers: int = 1,
+    trial_timeout: float | None = None,
+    heartbeat_interval: int = 60,
 ) -> SearchResult:
     """Search transfer strategies for a dataset and return the ranked result.
 
-    Everything is validated (dataset scanned, space parsed, backbones resolved, stored study
-    configuration compared) before the first trial trains. Re-running with the same storage and
-    study name resumes: finished trials are kept and ``n_trials`` counts the total.
+    Everything is validated (dataset scanned, space parsed, backbones resolved, storage opened,
+    stored study configuration compared) before the first trial trains. Re-running with the same
+    storage and study name resumes: finished trials are kept, ``n_trials`` counts the total, and
+    trials a killed process left RUNNING are marked failed (``stale``) and their strategies retried.
+    SIGINT and SIGTERM end the running trial (``interrupted``), write the outputs, then raise
+    :class:`~autotransfer.interrupt.Interrupted`.
 
     Args:
         data: Image folder, folder with ``train/`` and ``val/``, ``"digits"``, or an
             :class:`~autotransfer.data.ImageDataset`.
         space: Search space: bundled name (``"default"``, ``"small"``, ``"demo"``), YAML path,
             mapping or :class:`SearchSpace`.
-        n_trials: Total finished trials wanted in the study (None: until ``timeout``).
+        n_trials: Total finished trials wanted in the study (None: until ``timeout``); interrupted
+            and stale trials do not count.
         timeout: Stop starting trials after this many seconds of this run (None: no limit).
         epochs: Maximum epochs per trial.
         batch_size: Images per step.
         metric: Objective: ``"accuracy"``, ``"balanced_accuracy"`` or ``"macro_f1"`` on val.
         pruner: ``"hyperband"``, ``"median"``, ``"sha"`` or ``"none"``.
-        storage: Optuna storage URL; default ``sqlite:///OUT/study.db`` when ``out`` is given,
-            else in memory.
+        storage: ``sqlite:///PATH``, a journal file path, or a database server URL
+            (``postgresql://...``). Default: ``OUT/study.db`` (SQLite) for one worker,
+            ``OUT/study.journal`` for several, or whichever of them ``OUT`` already holds; in
+            memory when ``out`` is None.
         study_name: Default: the dataset's name.
-        out: Folder for ``study.db``, ``leaderboard.csv`` and ``report.html`` (None: write nothing).
+        out: Folder for the storage, ``leaderboard.csv`` and ``report.html`` (None: write nothing).
         zoo: Local zoo file (default ``$AUTOTRANSFER_ZOO``) or :class:`Zoo`.
         seed: Seeds the split, the sampler and every trial.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``; with several workers ``auto``/``cuda`` give
+            worker k GPU ``k % n_gpus``.
         on_epoch: Called as ``on_epoch(trial, epoch, val_metrics)`` after every epoch.
         callbacks: Optuna callbacks ``(study, frozen_trial)`` run after every trial.
         baseline: Run the textbook recipe (:data:`~autotransfer.search_space.BASELINE_RECIPE` on the
@@ -207,55 +211,90 @@ def search(
             contain it if needed. Fixed when the study is created.
         report_every: Minimum seconds between two refreshes of ``report.html`` during the search
             (``leaderboard.csv`` is rewritten after every trial; both are written at the end).
+        workers: Worker processes sharing the storage (not SQLite). ``on_epoch`` and
+            ``callbacks`` must then be picklable; they run in the workers.
+        trial_timeout: Seconds one trial may run; a longer one is pruned at its last epoch (or
+            failed before its first) with reason ``timeout: ...``. None: no limit.
+        heartbeat_interval: Seconds between heartbeats of running trials on a database server; a
+            trial silent for twice as long is failed as stale and retried.
 
     Returns:
         A :class:`SearchResult` with ``.leaderboard``, ``.best``, ``.best_value`` and ``.study``.
 
     Raises:
-        ConfigError: A bad option, space or zoo. DataError: a bad dataset.
+        ConfigError: A bad option, space, zoo or storage (SQLite with several workers).
+        DataError: A bad dataset, or a val/test image became unreadable mid-run.
         WeightsNotFoundError: A backbone has no weights. StudyMismatchError: resuming a study made
-            with another configuration. KeyboardInterrupt: re-raised after the outputs are written.
+            with another configuration. Interrupted (a ``KeyboardInterrupt``): SIGINT or SIGTERM,
+            raised after the outputs are written.
     """
-    if n_trials is not None and (isinstance(n_trials, bool) or n_trials < 1):
-        raise ConfigError(describe("n_trials", "a positive integer or None", n_trials))
-    if timeout is not None and not timeout > 0:
-        raise ConfigError(describe("timeout", "a positive number of seconds or None", timeout))
+    _check_limits(n_trials, timeout, trial_timeout)
     budget = Budget(epochs=epochs, batch_size=batch_size, metric=metric)
     sampler, pruner_obj = make_sampler(seed), make_pruner(pruner, epochs)
-    torch_device = resolve_device(device)
+    resolve_device(device)
     search_space = load_search_space(space)
     recipe = _baseline_record(search_space) if baseline else None
     local_zoo = zoo if isinstance(zoo, Zoo) else load_zoo(zoo)
     check_backbones(search_space.backbones, local_zoo)
+    out_dir = Path(out) if out is not None else None
+    storage = storage or (default_storage(out_dir, workers) if out_dir is not None else None)
+    check_workers(storage, workers)
+    if workers > 1:
+        _check_picklable(on_epoch=on_epoch, callbacks=callbacks)
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data, seed=seed)
     for path, reason in dataset.excluded:
         logger.warning("Excluded (cannot be decoded): %s: %s", path, reason)
-    out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        storage = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    study = open_study(storage, study_name or dataset.name, study_config(dataset, search_space, budget, recipe),
-                       sampler=sampler, pruner=pruner_obj, split=dataset.split_record())
+    study = open_study(make_storage(storage, heartbeat_interval=heartbeat_interval), study_name or dataset.name,
+                       study_config(dataset, search_space, budget, recipe), sampler=sampler, pruner=pruner_obj,
+                       split=dataset.split_record())
     study.set_user_attr(EXCLUDED_ATTR, [list(item) for item in dataset.excluded])
-    search_space = _with_baseline(study, search_space)
-    result = SearchResult(study, dataset, out_dir, metric)
-    objective = Objective(dataset, search_space, budget, local_zoo, torch_device, seed, on_epoch)
-    remaining = None if n_trials is None else n_trials - finished_trials(study)
-    all_callbacks = list(callbacks)
-    writer = OutputWriter(out_dir, every=report_every) if out_dir is not None else None
-    if writer is not None:
-        all_callbacks.append(writer)
-    try:
-        if remaining is None or remaining > 0:
-            study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(TrialFailed,),
-                           callbacks=all_callbacks)
-        else:
-            logger.info("Study %r already has %d finished trials; nothing to run.", study.study_name,
-                        n_trials)
-    finally:
-        if writer is not None:
-            writer.final(study)
-    return result
+    reclaim_stale_trials(study)
+    job = WorkerJob(dataset, _with_baseline(study, search_space), budget, local_zoo, device, seed, pruner, storage,
+                    study.study_name, n_trials, timeout, trial_timeout, heartbeat_interval,
+                    len(study.get_trials(deepcopy=False)), out_dir, report_every, on_epoch, callbacks)
+    _run(job, study, workers)
+    return SearchResult(study, dataset, out_dir, metric)
+
+
+def _run(job: WorkerJob, study: optuna.Study, workers: int) -> None:
+    """Run the remaining trials, write the outputs (also on errors), raise if a signal stopped it."""
+    remaining = None if job.n_trials is None else job.n_trials - finished_trials(study)
+    record_run(study, n_trials=job.n_trials, timeout=job.timeout, workers=workers)
+    writer = OutputWriter(job.out, every=job.report_every) if job.out is not None else None
+    with interrupt.graceful_stop(hard_exit=False):
+        try:
+            if remaining is not None and remaining <= 0:
+                logger.info("Study %r already has %d finished trials; nothing to run.", study.study_name,
+                            job.n_trials)
+            elif workers == 1:
+                run_worker(job, 0, remaining, study=study, callbacks=[writer] if writer is not None else [])
+            else:
+                run_workers(job, workers, study, remaining)
+        finally:
+            if writer is not None:
+                writer.final(study)
+        interrupt.check()
+
+
+def _check_limits(n_trials: int | None, timeout: float | None, trial_timeout: float | None) -> None:
+    if n_trials is not None and (isinstance(n_trials, bool) or n_trials < 1):
+        raise ConfigError(describe("n_trials", "a positive integer or None", n_trials))
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(describe("timeout", "a positive number of seconds or None", timeout))
+    if trial_timeout is not None and not trial_timeout > 0:
+        raise ConfigError(describe("trial_timeout", "a positive number of seconds or None", trial_timeout))
+
+
+def _check_picklable(**hooks: object) -> None:
+    """Hooks run inside worker processes, so they must pickle (no lambdas or local functions)."""
+    for name, hook in hooks.items():
+        try:
+            pickle.dumps(hook)
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            raise ConfigError(describe(name, "picklable (a module-level function or object) when workers > 1",
+                                       hook)) from err
 
 
 def _baseline_record(space: SearchSpace) -> dict[str, Any]:

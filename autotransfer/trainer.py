@@ -26,8 +26,9 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import interrupt
 from .data import ImageDataset, LabelledImages
-from .errors import ConfigError, TrialFailed, describe
+from .errors import ConfigError, TrialFailed, TrialTimeout, describe
 
 __all__ = ["METRICS", "Budget", "TrainResult", "evaluate", "evaluate_split", "fit", "make_transforms", "predict_labels",
            "resolve_device"]
@@ -133,14 +134,16 @@ def _loader(images: LabelledImages, batch_size: int, *, shuffle: bool, seed: int
 
 
 @torch.inference_mode()
-def predict_labels(model: nn.Module, loader: DataLoader[Any], device: torch.device
-                   ) -> tuple[np.ndarray, np.ndarray, float]:
+def predict_labels(model: nn.Module, loader: DataLoader[Any], device: torch.device, *,
+                   check: Callable[[], None] = interrupt.check) -> tuple[np.ndarray, np.ndarray, float]:
     """Run ``model`` over ``loader`` in eval mode.
 
     Args:
         model: Maps ``(B, 3, H, W)`` to logits ``(B, n_classes)``.
         loader: Yields ``(images, labels)``.
         device: Where the model lives.
+        check: Called before every batch; raises to stop (default: stop on SIGINT/SIGTERM, see
+            :mod:`autotransfer.interrupt`).
 
     Returns:
         ``(y_true, y_pred, loss)``: true and predicted class indices, arrays of shape ``(N,)`` in
@@ -151,6 +154,7 @@ def predict_labels(model: nn.Module, loader: DataLoader[Any], device: torch.devi
     labels: list[np.ndarray] = []
     loss_sum = 0.0
     for x, y in loader:
+        check()
         logits = model(x.to(device, non_blocking=True))
         loss_sum += float(F.cross_entropy(logits, y.to(device), reduction="sum"))
         preds.append(logits.argmax(dim=1).cpu().numpy())
@@ -227,6 +231,7 @@ def fit(
     device: torch.device,
     on_epoch: EpochCallback | None = None,
     hflip: bool = True,
+    deadline: float | None = None,
 ) -> TrainResult:
     """Train ``model`` on the train split for up to ``budget.epochs`` epochs.
 
@@ -244,12 +249,16 @@ def fit(
         device: Where to train.
         on_epoch: Called with the 1-based epoch and the val metrics; returns True to stop.
         hflip: Whether training augmentation flips horizontally.
+        deadline: ``time.monotonic()`` value after which training stops (the trial time limit).
 
     Returns:
         The :class:`TrainResult`.
 
     Raises:
         TrialFailed: The loss became NaN or infinite (reason ``"diverged: ..."``).
+        TrialTimeout: ``deadline`` passed (checked before every batch).
+        Interrupted: SIGINT or SIGTERM asked for a stop (checked before every batch).
+        BadImageError: An image could not be read.
     """
     start = time.perf_counter()
     seed_everything(seed)
@@ -268,8 +277,11 @@ def fit(
     stop_reason = "completed"
     y_pred = np.zeros(0, dtype=np.int64)
     for epoch in range(1, budget.epochs + 1):
-        _train_epoch(model, train_loader, optimizer, scheduler, epoch, device)
-        y_true, y_pred, loss = predict_labels(model, val_loader, device)
+        def check(epoch: int = epoch) -> None:
+            _check_stop(deadline, epoch)
+
+        _train_epoch(model, train_loader, optimizer, scheduler, epoch, device, check)
+        y_true, y_pred, loss = predict_labels(model, val_loader, device, check=check)
         history.append(_metrics(y_true, y_pred, loss))
         if on_epoch is not None and on_epoch(epoch, history[-1]) and epoch < budget.epochs:
             stop_reason = f"pruned at epoch {epoch}"
@@ -278,11 +290,18 @@ def fit(
                        [int(p) for p in y_pred])
 
 
+def _check_stop(deadline: float | None, epoch: int) -> None:
+    interrupt.check()
+    if deadline is not None and time.monotonic() > deadline:
+        raise TrialTimeout(f"timeout in epoch {epoch}", epochs_done=epoch - 1)
+
+
 def _train_epoch(model: nn.Module, loader: DataLoader[Any], optimizer: torch.optim.Optimizer,
-                 scheduler: Any, epoch: int, device: torch.device) -> None:
+                 scheduler: Any, epoch: int, device: torch.device, check: Callable[[], None]) -> None:
     model.train()
     updates = (epoch - 1) * len(loader)
     for step, (x, y) in enumerate(loader, start=1):
+        check()
         loss = F.cross_entropy(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
         if not torch.isfinite(loss):
             raise TrialFailed(f"diverged: loss is {loss.item()} at epoch {epoch} step {step}")

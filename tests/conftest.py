@@ -63,3 +63,20 @@ def tiny_space() -> dict[str, object]:
     """A search space over the ``test_resnet.local`` zoo entry."""
     return {"backbone": ["test_resnet.local"], "freeze_depth": [0.0, 0.5, 1.0], "head_width": [0, 16],
             "learning_rate": {"low": 1e-3, "high": 1e-2}}
+
+
+@pytest.fixture
+def tiny_space_file(tmp_path: Path, tiny_space: dict[str, object]) -> Path:
+    """:func:`tiny_space` written as a YAML file, for command-line runs."""
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(tiny_space))
+    return path
+
+
+def cli_env() -> dict[str, str]:
+    """Environment of a child ``autotransfer`` process: one thread each (2-core CI), no zoo variable."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("AUTOTRANSFER_ZOO", None)
+    return env

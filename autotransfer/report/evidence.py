@@ -22,7 +22,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from ..leaderboard import leaderboard
-from ..storage import CONFIG_ATTR, EXCLUDED_ATTR, SPLIT_ATTR, TEST_ATTR
+from ..storage import CONFIG_ATTR, EXCLUDED_ATTR, SPLIT_ATTR, TEST_ATTR, stop_reason
 
 __all__ = ["Evidence", "collect", "family_ranking", "learning_curves", "pareto_front", "per_class_metrics",
            "snapshot"]
@@ -301,7 +301,7 @@ def baseline_comparison(ev: Evidence) -> dict[str, Any] | None:
         return None
     row = _trial_row(trial)
     row["state"] = trial.state.name
-    row["stop_reason"] = trial.user_attrs.get("stop_reason", "")
+    row["stop_reason"] = stop_reason(trial)
     row["gain"] = None
     if ev.best is not None and trial.state == TrialState.COMPLETE and trial.value is not None:
         assert ev.best.value is not None

@@ -1,0 +1,217 @@
+"""Run a study's trials: in this process, or in N worker processes sharing one storage.
+
+``--workers N`` starts N processes (not threads: Optuna's ``n_jobs`` means threads, and PyTorch
+training holds the GIL in Python code). Each worker opens the study itself, gets its own
+sampler seed stream (:func:`~autotransfer.recovery.worker_seed`), its own device (round-robin
+over the visible GPUs) and ``1/N`` of the CPU threads, and runs trials while
+:class:`~autotransfer.recovery.TrialBudget` allows. TPE's ``constant_liar`` makes each worker
+see the others' running trials, so they spread out instead of sampling the same strategy.
+
+joblib is not used for the processes: on an interrupt its loky backend terminates the workers
+outright, which would leave their trials RUNNING; here the launcher forwards SIGTERM so each
+worker ends its trial cleanly, and kills them only on a second signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial
+
+from . import interrupt
+from .data import ImageDataset
+from .errors import AutotransferError, TrialFailed
+from .objective import EpochProgress, Objective
+from .recovery import TrialBudget, reclaim_stale_trials, worker_seed
+from .report import OutputWriter
+from .samplers import make_pruner, make_sampler
+from .search_space import SearchSpace
+from .storage import make_storage
+from .trainer import Budget, resolve_device
+from .zoo import Zoo
+
+__all__ = ["WorkerJob", "run_worker", "run_workers", "shares"]
+
+logger = logging.getLogger(__name__)
+
+StudyCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+@dataclass
+class WorkerJob:
+    """What every worker of one search needs; picklable, so it crosses into spawned processes.
+
+    Attributes:
+        dataset: The scanned, split dataset.
+        space: The space trials are drawn from (widened for the baseline if needed).
+        budget: Epochs, batch size and metric.
+        zoo: Local weights.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        seed: The study seed.
+        pruner: Pruner name.
+        storage: Storage URL or journal path (None: in memory, one worker only).
+        study_name: The study.
+        n_trials: Total finished trials wanted (None: until ``timeout``).
+        timeout: Seconds after which no trial starts (None: no limit).
+        trial_timeout: Seconds one trial may run (None: no limit).
+        heartbeat_interval: Heartbeat seconds on a database server.
+        n_existing: Trials in the study when this run began (part of each worker's seed).
+        out: Output folder the first worker refreshes during the run (None: none).
+        report_every: Minimum seconds between report refreshes.
+        on_epoch: Progress hook after every epoch.
+        callbacks: Optuna callbacks after every trial.
+    """
+
+    dataset: ImageDataset
+    space: SearchSpace
+    budget: Budget
+    zoo: Zoo
+    device: str
+    seed: int
+    pruner: str
+    storage: str | None
+    study_name: str
+    n_trials: int | None
+    timeout: float | None
+    trial_timeout: float | None
+    heartbeat_interval: int
+    n_existing: int
+    out: Path | None = None
+    report_every: float = 30.0
+    on_epoch: EpochProgress | None = None
+    callbacks: Sequence[StudyCallback] = ()
+
+
+def shares(remaining: int | None, workers: int) -> list[int | None]:
+    """Split ``remaining`` trials over ``workers`` as evenly as possible (None: no per-worker cap)."""
+    if remaining is None:
+        return [None] * workers
+    return [remaining // workers + (k < remaining % workers) for k in range(workers)]
+
+
+def run_worker(job: WorkerJob, index: int = 0, share: int | None = None, *, study: optuna.Study | None = None,
+               device: str | None = None, callbacks: Sequence[StudyCallback] = ()) -> optuna.Study:
+    """Run trials in this process until the budget, the share, the timeout or a stop request ends them.
+
+    Args:
+        job: The search.
+        index: This worker's index (its seed stream and the ``worker`` trial attribute).
+        share: Trials this worker may run (None: no cap besides ``job.n_trials``).
+        study: The study, when the caller already opened it (one worker, any storage); else it is
+            loaded from ``job.storage``.
+        device: Overrides ``job.device`` (a worker process's own GPU).
+        callbacks: Extra Optuna callbacks after every trial.
+
+    Returns:
+        The study.
+
+    Raises:
+        Interrupted: A stop was requested (the running trial is recorded as ``interrupted``).
+        DataError: A val or test image became unreadable.
+    """
+    sampler = make_sampler(worker_seed(job.seed, index, job.n_existing))
+    if study is None:
+        storage = make_storage(job.storage, heartbeat_interval=job.heartbeat_interval)
+        if storage is None:
+            raise ValueError("a worker without a study needs job.storage (an in-memory study cannot be shared)")
+        study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=sampler,
+                                  pruner=make_pruner(job.pruner, job.budget.epochs))
+    else:
+        study.sampler = sampler
+    objective = Objective(job.dataset, job.space, job.budget, job.zoo, resolve_device(device or job.device), job.seed,
+                          job.on_epoch, job.trial_timeout, index)
+    deadline = None if job.timeout is None else time.monotonic() + job.timeout
+    budget = TrialBudget(job.n_trials, share, deadline, poll=min(5.0, float(job.heartbeat_interval)))
+    all_callbacks = [*job.callbacks, *callbacks]
+    while budget.may_start(study):
+        study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=all_callbacks)
+    interrupt.check()
+    return study
+
+
+def _worker_device(device: str, index: int) -> str:
+    """Round-robin over the visible GPUs when the device is ``auto`` or ``cuda`` without an index."""
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{index % torch.cuda.device_count()}"
+    return device
+
+
+def _child_main(job: WorkerJob, index: int, share: int | None, n_threads: int, log_level: int) -> None:
+    """Entry point of one worker process (spawned)."""
+    os.setpgrp()  # Ctrl+C in the terminal reaches the launcher only; it forwards one SIGTERM
+    logging.basicConfig(level=log_level, format=f"[worker {index}] %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by our own lines
+    logging.getLogger("timm").setLevel(logging.WARNING)
+    torch.set_num_threads(n_threads)
+    writer = OutputWriter(job.out, every=job.report_every) if job.out is not None and index == 0 else None
+    with interrupt.graceful_stop(hard_exit=True):
+        try:
+            run_worker(job, index, share, device=_worker_device(job.device, index),
+                       callbacks=[writer] if writer is not None else [])
+        except interrupt.Interrupted as err:
+            sys.exit(err.exit_status)
+        except AutotransferError as err:
+            print(f"[worker {index}] autotransfer: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+
+def run_workers(job: WorkerJob, workers: int, study: optuna.Study, remaining: int | None) -> None:
+    """Run ``workers`` worker processes on ``job`` and wait for them.
+
+    Args:
+        job: The search.
+        workers: Number of processes.
+        study: The study (already created, in a storage the processes share).
+        remaining: Trials still to run in this run (split evenly; None: until the timeout).
+
+    The first SIGINT/SIGTERM is forwarded to every worker as SIGTERM (each ends its trial as
+    ``interrupted``); a second kills them and exits. Trials of a worker that died are marked
+    stale here and retried by the next run.
+
+    Raises:
+        AutotransferError: A worker stopped on an error (its message was printed).
+        Interrupted: A stop was requested.
+    """
+    context = multiprocessing.get_context("spawn")  # fork after importing torch is unsafe
+    n_threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    procs = [context.Process(target=_child_main, name=f"autotransfer-worker-{k}",
+                             args=(job, k, share, n_threads, logging.getLogger().getEffectiveLevel()))
+             for k, share in enumerate(shares(remaining, workers))]
+
+    def forward(sig: int) -> None:
+        for proc in procs:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+
+    def kill(sig: int) -> None:
+        for proc in procs:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signal.SIGKILL)
+
+    with interrupt.listen(forward, kill):
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            while proc.is_alive():
+                proc.join(timeout=0.5)
+    codes = [proc.exitcode for proc in procs]
+    logger.info("Workers exited with %s.", codes)
+    died = [k for k, code in enumerate(codes) if code is not None and code < 0]
+    if died:
+        logger.warning("Worker(s) %s were killed (exit codes %s); their running trials are marked stale and "
+                       "retried by the next run.", died, [codes[k] for k in died])
+        reclaim_stale_trials(study)
+    interrupt.check()
+    if any(code == 1 for code in codes):
+        raise AutotransferError(f"A worker stopped on an error (exit codes {codes}); see its message above. "
+                                "Finished trials are kept; fix the cause and run the same command to resume.")
