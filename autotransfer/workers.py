@@ -100,7 +100,8 @@ def shares(remaining: int | None, workers: int) -> list[int | None]:
 
 
 def run_worker(job: WorkerJob, index: int = 0, share: int | None = None, *, study: optuna.Study | None = None,
-               device: str | None = None, callbacks: Sequence[StudyCallback] = ()) -> optuna.Study:
+               device: str | None = None, callbacks: Sequence[StudyCallback] = (),
+               alive: Callable[[], bool] | None = None) -> optuna.Study:
     """Run trials in this process until the budget, the share, the timeout or a stop request ends them.
 
     Args:
@@ -111,6 +112,8 @@ def run_worker(job: WorkerJob, index: int = 0, share: int | None = None, *, stud
             loaded from ``job.storage``.
         device: Overrides ``job.device`` (a worker process's own GPU).
         callbacks: Extra Optuna callbacks after every trial.
+        alive: Checked before every trial; False stops the worker (a worker process whose launcher
+            died finishes its trial and exits instead of running on as an orphan).
 
     Returns:
         The study.
@@ -133,7 +136,7 @@ def run_worker(job: WorkerJob, index: int = 0, share: int | None = None, *, stud
     deadline = None if job.timeout is None else time.monotonic() + job.timeout
     budget = TrialBudget(job.n_trials, share, deadline, poll=min(5.0, float(job.heartbeat_interval)))
     all_callbacks = [*job.callbacks, *callbacks]
-    while budget.may_start(study):
+    while (alive is None or alive()) and budget.may_start(study):
         study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=all_callbacks)
     interrupt.check()
     return study
@@ -149,6 +152,7 @@ def _worker_device(device: str, index: int) -> str:
 def _child_main(job: WorkerJob, index: int, share: int | None, n_threads: int, log_level: int) -> None:
     """Entry point of one worker process (spawned)."""
     os.setpgrp()  # Ctrl+C in the terminal reaches the launcher only; it forwards one SIGTERM
+    launcher = os.getppid()
     logging.basicConfig(level=log_level, format=f"[worker {index}] %(message)s")
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by our own lines
     logging.getLogger("timm").setLevel(logging.WARNING)
@@ -157,7 +161,7 @@ def _child_main(job: WorkerJob, index: int, share: int | None, n_threads: int, l
     with interrupt.graceful_stop(hard_exit=True):
         try:
             run_worker(job, index, share, device=_worker_device(job.device, index),
-                       callbacks=[writer] if writer is not None else [])
+                       callbacks=[writer] if writer is not None else [], alive=lambda: os.getppid() == launcher)
         except interrupt.Interrupted as err:
             sys.exit(err.exit_status)
         except AutotransferError as err:

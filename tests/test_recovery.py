@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from autotransfer import ConfigError, finished_trials, search, stop_reason
 from autotransfer.cli import main
 from autotransfer.recovery import reclaim_stale_trials
-from autotransfer.storage import counts_towards_budget
+from autotransfer.storage import counts_towards_budget, make_storage
 from tests.conftest import cli_env
 
 
@@ -148,8 +148,10 @@ def test_sqlite_with_several_workers_is_refused_with_what_to_use(tmp_path: Path,
         search("digits", space=tiny_space, zoo=test_model_zoo, out=tmp_path / "o", workers=0)
 
 
-def test_start_up_reclaims_only_trials_of_dead_processes(tmp_path: Path) -> None:
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_start_up_reclaims_only_trials_of_dead_processes(tmp_path: Path, kind: str) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else str(tmp_path / "s.journal")
+    study = optuna.create_study(storage=make_storage(url), direction="maximize")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
     import socket
