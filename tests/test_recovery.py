@@ -65,6 +65,7 @@ def _assert_clean(trials: list[FrozenTrial], n_trials: int) -> None:
     assert len(set(params)) == len(params), "two finished trials ran the same strategy"
 
 
+@pytest.mark.slow
 def test_sigkill_at_three_random_moments_then_resume(tmp_path: Path, test_model_zoo: Path,
                                                      tiny_space_file: Path) -> None:
     out, n_trials, rng = tmp_path / "out", 8, random.Random(os.getpid())
@@ -117,6 +118,7 @@ def test_sigterm_stops_within_seconds_and_rewrites_the_outputs(tmp_path: Path, t
     assert "interrupted" in report.read_text()
 
 
+@pytest.mark.slow
 def test_four_workers_on_a_journal_file(tmp_path: Path, test_model_zoo: Path, tiny_space_file: Path) -> None:
     out = tmp_path / "out"
     done = subprocess.run(_command(tiny_space_file, test_model_zoo, out, "--workers", "4", n_trials=20),
@@ -184,6 +186,7 @@ def _postgres_or_skip() -> str:
         pytest.skip(reason)
 
 
+@pytest.mark.slow
 def test_postgres_two_hosts_finish_the_study_and_retry_a_killed_workers_trial(
         tmp_path: Path, test_model_zoo: Path, tiny_space_file: Path) -> None:
     url, name, n_trials = _postgres_or_skip(), f"pg-{uuid.uuid4().hex[:8]}", 10
