@@ -1,9 +1,9 @@
 """Clean stops on SIGINT and SIGTERM: finish the current step, end the trial, write the outputs.
 
 Python's default SIGINT handler raises ``KeyboardInterrupt`` wherever the main thread happens to
-be, which can be in the middle of a storage write (Optuna's docs: with ``n_jobs=1`` the running
-trial is failed, but a trial being created is left RUNNING), and SIGTERM kills the process with
-the trial left RUNNING. :func:`graceful_stop` instead records the first signal; the trainer calls
+be: Optuna fails the running trial when that is inside the objective, but not when it is inside
+Optuna's own code that creates or records a trial, and SIGTERM kills the process with the trial
+left RUNNING. :func:`graceful_stop` instead records the first signal; the trainer calls
 :func:`check` between steps and the search loop between trials, so the stop happens at a known
 point within a few seconds. A second signal exits at once (the command line) or raises
 ``KeyboardInterrupt`` immediately (the Python API, so a notebook kernel is not killed).

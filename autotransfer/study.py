@@ -100,7 +100,7 @@ def open_study(storage: str | optuna.storages.BaseStorage | None, study_name: st
                    for key in config if key != "baseline" and stored.get(key) != config[key]]
     if differences:
         raise StudyMismatchError(
-            f"Study {study_name!r} in {storage} was created with a different configuration, so its "
+            f"Study {study_name!r} was created with a different configuration, so its "
             "trials cannot be compared with new ones:\n  " + "\n  ".join(differences)
             + "\nUse another --study-name (or --out), or run with the stored settings to resume.")
     return study
