@@ -20,13 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
-from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from . import interrupt
 from .storage import RUN_ATTR_PREFIX, counts_towards_budget, stale_retry_callback
 
-__all__ = ["TrialBudget", "finished_trials", "reclaim_stale_trials", "record_run", "worker_identity",
+__all__ = ["TrialBudget", "finished_trials", "has_heartbeat", "reclaim_stale_trials", "record_run", "worker_identity",
            "worker_seed"]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,12 @@ def worker_seed(seed: int, worker: int, n_existing: int) -> int:
 def finished_trials(study: optuna.Study) -> int:
     """Trials that count towards ``n_trials``: complete, pruned and failed, except interrupted or stale ones."""
     return sum(counts_towards_budget(t) for t in study.get_trials(deepcopy=False))
+
+
+def has_heartbeat(study: optuna.Study) -> bool:
+    """Whether the study's storage runs Optuna heartbeats (``RDBStorage(heartbeat_interval=...)``)."""
+    storage = study._storage  # Optuna has no public accessor; its own fail_stale_trials reads it too
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
 
 
 def _process_gone(trial: FrozenTrial, heartbeat: bool) -> bool:
@@ -83,7 +89,7 @@ def reclaim_stale_trials(study: optuna.Study) -> list[int]:
     Returns:
         The numbers of the trials marked stale.
     """
-    heartbeat = is_heartbeat_enabled(study._storage)
+    heartbeat = has_heartbeat(study)
     storage, retry, reclaimed = study._storage, stale_retry_callback(), []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _process_gone(trial, heartbeat):
@@ -149,7 +155,7 @@ class TrialBudget:
             running = sum(t.state == TrialState.RUNNING for t in trials)
             if finished + running < self.n_trials:
                 break
-            if finished >= self.n_trials or not is_heartbeat_enabled(study._storage):
+            if finished >= self.n_trials or not has_heartbeat(study):
                 return False
             # Only other workers' trials stand between us and the total; if their workers died,
             # Optuna's heartbeats will fail them and re-enqueue them for us to run.

@@ -212,16 +212,13 @@ def load_existing_study(storage: str, study_name: str | None = None) -> optuna.S
         ConfigError: The SQLite or journal file does not exist, the storage cannot be read, or the
             study name is not in it (the message lists the names it holds).
     """
-    path = sqlite_path(storage) if storage_kind(storage) == "sqlite" else None
-    if storage_kind(storage) == "journal":
-        path = Path(storage).expanduser()
+    kind = storage_kind(storage)
+    path = Path(storage).expanduser() if kind == "journal" else sqlite_path(storage)
     if path is not None and not path.is_file():
         raise ConfigError(f"The storage {storage!r} names the file {str(path)!r}, which does not exist; "
                           "pass the sqlite:/// URL of an existing study.db or the path of a study.journal.")
-    opened: Any = storage
     try:
-        if storage_kind(storage) != "sqlite":
-            opened = make_storage(storage)
+        opened: Any = make_storage(storage)
         names = optuna.get_all_study_names(storage=opened)
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as err:
         raise ConfigError(f"Cannot read the storage {_redact(storage)!r}: {err}") from err
