@@ -17,6 +17,7 @@ the names that would be accepted. Nothing here imports PyTorch.
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def check_workers(url: str | None, workers: int) -> None:
                           "file is used) or --storage.")
 
 
-def make_storage(url: str | None, *, heartbeat_interval: int = 60) -> str | optuna.storages.BaseStorage | None:
+def make_storage(url: str | None, *, heartbeat_interval: int = 60) -> optuna.storages.BaseStorage | None:
     """Open the storage named by ``url`` for a search.
 
     Args:
@@ -166,8 +167,10 @@ def make_storage(url: str | None, *, heartbeat_interval: int = 60) -> str | optu
             driver is not installed.
     """
     kind = storage_kind(url)
-    if url is None or kind == "sqlite":
-        return url
+    if url is None:
+        return None
+    if kind == "sqlite":
+        return _open_rdb(url)
     if kind == "journal":
         path = Path(url).expanduser()
         if path.is_file() and path.read_bytes()[:16] == b"SQLite format 3\x00":
@@ -176,18 +179,49 @@ def make_storage(url: str | None, *, heartbeat_interval: int = 60) -> str | optu
         return JournalStorage(JournalFileBackend(str(path)))
     if isinstance(heartbeat_interval, bool) or not isinstance(heartbeat_interval, int) or heartbeat_interval < 1:
         raise ConfigError(describe("heartbeat_interval", "a positive whole number of seconds", heartbeat_interval))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=2 * heartbeat_interval,
-                              heartbeat_stale_trial_callback=stale_retry_callback(),
-                              engine_kwargs={"pool_pre_ping": True})
-    except ImportError as err:
-        raise ConfigError(f"The storage {_redact(url)!r} needs a database driver: {err}. For PostgreSQL, "
-                          "pip install 'autotransfer[postgres]' (psycopg 3).") from err
-    except sqlalchemy.exc.SQLAlchemyError as err:
-        raise ConfigError(f"Cannot open the storage {_redact(url)!r}: {type(err).__name__}: "
-                          f"{str(err).splitlines()[0]}") from err
+    return _open_rdb(url, heartbeat_interval=heartbeat_interval, grace_period=2 * heartbeat_interval,
+                     heartbeat_stale_trial_callback=stale_retry_callback(), engine_kwargs={"pool_pre_ping": True})
+
+
+# Tries at opening a database whose schema another process may be creating at the same moment.
+_SCHEMA_RACE_TRIES = 5
+
+
+def _open_rdb(url: str, **kwargs: Any) -> RDBStorage:
+    """``RDBStorage(url, **kwargs)``, retried while another process is creating the same schema.
+
+    Optuna creates the tables and stamps the Alembic version in separate transactions, so two
+    processes opening a new database at once (a search starting while ``autotransfer status`` or a
+    second worker polls it) can collide: one gets ``UNIQUE constraint failed: alembic_version`` or
+    ``table ... already exists``. Both are harmless once the other process has finished, so the
+    open is retried (Optuna has no lock for this; it is written here for that reason).
+
+    Raises:
+        ConfigError: The driver is missing, or the database cannot be opened.
+    """
+    for attempt in range(_SCHEMA_RACE_TRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return RDBStorage(url, **kwargs)
+        except ImportError as err:
+            raise ConfigError(f"The storage {_redact(url)!r} needs a database driver: {err}. For PostgreSQL, "
+                              "pip install 'autotransfer[postgres]' (psycopg 3).") from err
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            if _schema_race(err) and attempt + 1 < _SCHEMA_RACE_TRIES:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise ConfigError(f"Cannot open the storage {_redact(url)!r}: {type(err).__name__}: "
+                              f"{str(err).splitlines()[0]}") from err
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _schema_race(err: sqlalchemy.exc.SQLAlchemyError) -> bool:
+    """Whether ``err`` comes from two processes creating the same Optuna schema at once."""
+    if isinstance(err, sqlalchemy.exc.IntegrityError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, sqlalchemy.exc.OperationalError) and ("already exists" in text or "locked" in text)
 
 
 def _redact(url: str) -> str:

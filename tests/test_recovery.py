@@ -213,3 +213,26 @@ def test_postgres_two_hosts_finish_the_study_and_retry_a_killed_workers_trial(
     assert retries and all(counts_towards_budget(t) for t in retries)
     assert {t.user_attrs["worker"]["pid"] for t in trials} == {victim.pid, survivor.pid}  # one study, two workers
     assert all(t.user_attrs["worker"]["pid"] == survivor.pid for t in retries)
+
+
+_OPEN_AT = """
+import sys, time
+import optuna
+from autotransfer.storage import make_storage
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+optuna.create_study(storage=make_storage(sys.argv[1]), study_name="race", load_if_exists=True)
+"""
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
+    # A search starting while `autotransfer status` (or a test) polls its new study.db: Optuna
+    # creates the schema in several transactions, and without a retry one side failed with
+    # "UNIQUE constraint failed: alembic_version" or "table studies already exists".
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        start = time.time() + 4
+        jobs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, url, str(start)], env=cli_env(),
+                                 stderr=subprocess.PIPE, text=True) for _ in range(6)]
+        errors = [job.stderr.read() if job.stderr else "" for job in jobs if job.wait(timeout=120) != 0]
+        assert not errors, errors[0]
+        assert optuna.get_all_study_names(storage=url) == ["race"]
