@@ -108,6 +108,13 @@ def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space
                    "(pruned at its last epoch, or failed before its first)")
     p.add_argument("--heartbeat-interval", type=int, default=60, metavar="SECONDS", help="heartbeat of running "
                    "trials on a database server; a trial silent for twice this is retried (default: 60)")
+    p.add_argument("--cache-mb", type=float, default=1024.0, metavar="MB", help="memory bound of the cache of "
+                   "decoded images and frozen-prefix activations, per worker process (default: 1024)")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything: no image, feature (OUT/cache) or "
+                   "activation cache (results are the same; for comparison)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each trained module (slow to start)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on "
+                   "for CUDA devices that support bf16, off on CPU)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,7 +146,8 @@ def _search(args: argparse.Namespace) -> int:
                         out=out, zoo=args.zoo, seed=args.seed, device=args.device,
                         on_epoch=progress.epoch, callbacks=[progress], baseline=not args.no_baseline,
                         workers=args.workers, trial_timeout=args.trial_timeout,
-                        heartbeat_interval=args.heartbeat_interval)
+                        heartbeat_interval=args.heartbeat_interval, cache=not args.no_cache,
+                        cache_mb=args.cache_mb, compile=args.compile, amp=args.amp)
     except AutotransferError as err:
         print(f"autotransfer: error: {err}", file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch
 from . import interrupt
 from .data import DIGITS, ImageDataset
 from .errors import BadImageError, DataError, TrialFailed, TrialTimeout
+from .inputs import Runtime
 from .recovery import WORKER_ATTR, worker_identity
 from .search_space import SearchSpace, Strategy
 from .storage import EXCLUDED_ATTR, TEST_ATTR
@@ -66,6 +67,8 @@ class Objective:
         trial_timeout: Seconds a trial may run (None: no limit). A trial over the limit is pruned
             at its last reported epoch, or failed if it had not finished one.
         worker: Index of this worker process, recorded on each trial with its host and PID.
+        runtime: Caches and accelerator settings; the trial attribute ``inputs`` records what the
+            trial trained on (``features``, ``prefix`` or ``images``, see :mod:`autotransfer.plan`).
 
     Raises (from ``__call__``):
         optuna.TrialPruned: The pruner or the trial time limit stopped the trial.
@@ -84,6 +87,7 @@ class Objective:
     on_epoch: EpochProgress | None = None
     trial_timeout: float | None = None
     worker: int = 0
+    runtime: Runtime = field(default_factory=Runtime)
 
     def __call__(self, trial: optuna.Trial) -> float:
         start = time.perf_counter()
@@ -160,7 +164,8 @@ class Objective:
         budget = dataclasses.replace(self.budget, batch_size=batch_size)
         result = fit(net, self.dataset, data_config, budget, strategy.learning_rate, seed=seed, device=self.device,
                      on_epoch=lambda epoch, metrics: self._report(trial, epoch, metrics),
-                     hflip=self.dataset.root != DIGITS, deadline=deadline)
+                     hflip=self.dataset.root != DIGITS, deadline=deadline, runtime=self.runtime)
+        trial.set_user_attr("inputs", result.inputs)
         return net, data_config, result
 
     def _bad_image(self, trial: optuna.Trial, err: BadImageError, start: float) -> NoReturn:
@@ -181,7 +186,8 @@ class Objective:
         """Evaluate a new best trial once on test and store it for the report (never for selection)."""
         try:
             metrics, predictions = evaluate_split(net, self.dataset, data_config, "test",
-                                                  batch_size=self.budget.batch_size, device=self.device)
+                                                  batch_size=self.budget.batch_size, device=self.device,
+                                                  runtime=self.runtime)
         except (RuntimeError, OSError, ValueError) as err:  # the val result stands; only the test figures are lost
             logger.warning("Trial %d: could not evaluate on the test split: %s", trial.number, err)
             return

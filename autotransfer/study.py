@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial
 from . import interrupt
 from .data import ImageDataset, load_dataset
 from .errors import ConfigError, StudyMismatchError, describe
+from .inputs import Runtime
 from .leaderboard import leaderboard
 from .objective import EpochProgress
 from .recovery import finished_trials, reclaim_stale_trials, record_run
@@ -172,6 +173,10 @@ def search(
     workers: int = 1,
     trial_timeout: float | None = None,
     heartbeat_interval: int = 60,
+    cache: bool = True,
+    cache_mb: float = 1024.0,
+    compile: bool = False,
+    amp: bool | None = None,
 ) -> SearchResult:
     """Search transfer strategies for a dataset and return the ranked result.
 
@@ -217,6 +222,12 @@ def search(
             failed before its first) with reason ``timeout: ...``. None: no limit.
         heartbeat_interval: Seconds between heartbeats of running trials on a database server; a
             trial silent for twice as long is failed as stale and retried.
+        cache: Cache what trials repeat (decoded images, pooled features of frozen backbones in
+            ``OUT/cache/features``, frozen-prefix activations); it never changes a result.
+            False recomputes everything (for comparison).
+        cache_mb: Memory bound of each worker process's cache, in MiB.
+        compile: Wrap each trained module in ``torch.compile``.
+        amp: bf16 autocast; None: on for CUDA devices that support it, off on CPU.
 
     Returns:
         A :class:`SearchResult` with ``.leaderboard``, ``.best``, ``.best_value`` and ``.study``.
@@ -229,6 +240,8 @@ def search(
             raised after the outputs are written.
     """
     _check_limits(n_trials, timeout, trial_timeout)
+    runtime = Runtime(cache=cache, cache_mb=cache_mb, compile=compile, amp=amp,
+                      cache_dir=Path(out) / "cache" if out is not None and cache else None)
     budget = Budget(epochs=epochs, batch_size=batch_size, metric=metric)
     sampler, pruner_obj = make_sampler(seed), make_pruner(pruner, epochs)
     resolve_device(device)
@@ -253,7 +266,7 @@ def search(
     reclaim_stale_trials(study)
     job = WorkerJob(dataset, _with_baseline(study, search_space), budget, local_zoo, device, seed, pruner, storage,
                     study.study_name, n_trials, timeout, trial_timeout, heartbeat_interval,
-                    len(study.get_trials(deepcopy=False)), out_dir, report_every, on_epoch, callbacks)
+                    len(study.get_trials(deepcopy=False)), out_dir, report_every, on_epoch, callbacks, runtime)
     _run(job, study, workers)
     return SearchResult(study, dataset, out_dir, metric)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from torch import nn
-from torch.utils.data import DataLoader
 
 from . import interrupt
-from .data import ImageDataset, LabelledImages
+from .data import ImageDataset
 from .errors import ConfigError, TrialFailed, TrialTimeout, describe
+from .inputs import Preprocess, Runtime, image_loader, split_images
+from .plan import TrialInputs, prepare_inputs
+from .transfer import TransferNet
 
 __all__ = ["METRICS", "Budget", "TrainResult", "evaluate", "evaluate_split", "fit", "make_transforms", "predict_labels",
            "resolve_device"]
@@ -79,6 +82,9 @@ class TrainResult:
         stop_reason: ``"completed"`` or ``"pruned at epoch N"``.
         history: Per-epoch validation metrics, one dict per epoch.
         predictions: Predicted class index of every val image after the last epoch, in split order.
+        inputs: What it trained on: ``"features"``, ``"prefix"`` or ``"images"`` (:mod:`autotransfer.plan`).
+        train_seconds: Seconds in training steps (all epochs).
+        eval_seconds: Seconds in validation passes (all epochs).
     """
 
     metrics: dict[str, float]
@@ -87,6 +93,9 @@ class TrainResult:
     stop_reason: str
     history: list[dict[str, float]] = field(default_factory=list)
     predictions: list[int] = field(default_factory=list)
+    inputs: str = "images"
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -126,41 +135,48 @@ def make_transforms(data_config: dict[str, Any], *, hflip: bool = True) -> tuple
     return train, evaluation
 
 
-def _loader(images: LabelledImages, batch_size: int, *, shuffle: bool, seed: int,
-            device: torch.device) -> DataLoader[Any]:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(images, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=0, pin_memory=device.type == "cuda")
-
-
 @torch.inference_mode()
-def predict_labels(model: nn.Module, loader: DataLoader[Any], device: torch.device, *,
-                   check: Callable[[], None] = interrupt.check) -> tuple[np.ndarray, np.ndarray, float]:
+def predict_labels(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *,
+                   check: Callable[[], None] = interrupt.check,
+                   runtime: Runtime | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Run ``model`` over ``loader`` in eval mode.
 
     Args:
-        model: Maps ``(B, 3, H, W)`` to logits ``(B, n_classes)``.
-        loader: Yields ``(images, labels)``.
+        model: Maps inputs ``(B, ...)`` (normalised images ``(B, 3, H, W)``, or cached features)
+            to logits ``(B, n_classes)``.
+        loader: Yields ``(inputs, labels)``.
         device: Where the model lives.
         check: Called before every batch; raises to stop (default: stop on SIGINT/SIGTERM, see
             :mod:`autotransfer.interrupt`).
+        runtime: Memory format and autocast (default :class:`~autotransfer.inputs.Runtime()`).
 
     Returns:
         ``(y_true, y_pred, loss)``: true and predicted class indices, arrays of shape ``(N,)`` in
         loader order, and the mean cross-entropy.
     """
+    runtime = runtime or Runtime()
     model.eval()
     preds: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     loss_sum = 0.0
     for x, y in loader:
         check()
-        logits = model(x.to(device, non_blocking=True))
-        loss_sum += float(F.cross_entropy(logits, y.to(device), reduction="sum"))
+        y = y.to(device, non_blocking=True)
+        logits = _forward(model, x, device, runtime)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         preds.append(logits.argmax(dim=1).cpu().numpy())
-        labels.append(y.numpy())
+        labels.append(y.cpu().numpy())
     y_true, y_pred = np.concatenate(labels), np.concatenate(preds)
     return y_true, y_pred, loss_sum / max(1, len(y_true))
+
+
+def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, runtime: Runtime) -> torch.Tensor:
+    """Float32 logits of ``model`` on ``x``, with the runtime's memory format and autocast."""
+    x = x.to(device, non_blocking=True)
+    if runtime.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16) if runtime.use_amp(device) else nullcontext():
+        return model(x).float()
 
 
 def _metrics(y_true: np.ndarray, y_pred: np.ndarray, loss: float) -> dict[str, float]:
@@ -172,7 +188,8 @@ def _metrics(y_true: np.ndarray, y_pred: np.ndarray, loss: float) -> dict[str, f
     }
 
 
-def evaluate(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             device: torch.device) -> dict[str, float]:
     """Validation metrics of ``model`` over ``loader``.
 
     Args:
@@ -187,7 +204,8 @@ def evaluate(model: nn.Module, loader: DataLoader[Any], device: torch.device) ->
 
 
 def evaluate_split(model: nn.Module, dataset: ImageDataset, data_config: dict[str, Any], split: str, *,
-                   batch_size: int, device: torch.device) -> tuple[dict[str, float], list[int]]:
+                   batch_size: int, device: torch.device,
+                   runtime: Runtime | None = None) -> tuple[dict[str, float], list[int]]:
     """Metrics and predictions of a trained model on one split, with the weights' eval transform.
 
     Args:
@@ -197,6 +215,7 @@ def evaluate_split(model: nn.Module, dataset: ImageDataset, data_config: dict[st
         split: ``"train"``, ``"val"`` or ``"test"``.
         batch_size: Images per forward pass.
         device: Where the model lives.
+        runtime: Cache, memory format and autocast (default :class:`~autotransfer.inputs.Runtime()`).
 
     Returns:
         ``(metrics, predictions)``: the metrics of :func:`evaluate` and the predicted class index of
@@ -207,9 +226,11 @@ def evaluate_split(model: nn.Module, dataset: ImageDataset, data_config: dict[st
     """
     if not dataset.splits.get(split):
         raise ConfigError(describe("split", f"a non-empty split of {sorted(dataset.splits)}", split))
-    _, eval_tf = make_transforms(data_config)
-    loader = _loader(LabelledImages(dataset, split, eval_tf), batch_size, shuffle=False, seed=0, device=device)
-    y_true, y_pred, loss = predict_labels(model, loader, device)
+    runtime = runtime or Runtime()
+    preprocess = Preprocess.from_config(data_config)
+    images = split_images(dataset, split, preprocess, runtime, augment=False)
+    loader = image_loader(images, preprocess, batch_size, shuffle=False, seed=0, device=device)
+    y_true, y_pred, loss = predict_labels(model, loader, device, runtime=runtime)
     return _metrics(y_true, y_pred, loss), [int(p) for p in y_pred]
 
 
@@ -221,7 +242,7 @@ def seed_everything(seed: int) -> None:
 
 
 def fit(
-    model: nn.Module,
+    model: TransferNet,
     dataset: ImageDataset,
     data_config: dict[str, Any],
     budget: Budget,
@@ -232,6 +253,7 @@ def fit(
     on_epoch: EpochCallback | None = None,
     hflip: bool = True,
     deadline: float | None = None,
+    runtime: Runtime | None = None,
 ) -> TrainResult:
     """Train ``model`` on the train split for up to ``budget.epochs`` epochs.
 
@@ -250,6 +272,10 @@ def fit(
         on_epoch: Called with the 1-based epoch and the val metrics; returns True to stop.
         hflip: Whether training augmentation flips horizontally.
         deadline: ``time.monotonic()`` value after which training stops (the trial time limit).
+        runtime: Caches and accelerator settings (default :class:`~autotransfer.inputs.Runtime()`:
+            caches in memory only, channels-last, bf16 autocast on CUDA). What the trial trains on
+            (cached features, cached frozen-prefix activations or images) is chosen by
+            :func:`~autotransfer.plan.prepare_inputs`; the result does not depend on it.
 
     Returns:
         The :class:`TrainResult`.
@@ -261,33 +287,47 @@ def fit(
         BadImageError: An image could not be read.
     """
     start = time.perf_counter()
+    runtime = runtime or Runtime()
     seed_everything(seed)
-    train_tf, eval_tf = make_transforms(data_config, hflip=hflip)
-    train_loader = _loader(LabelledImages(dataset, "train", train_tf), budget.batch_size,
-                           shuffle=True, seed=seed, device=device)
-    val_loader = _loader(LabelledImages(dataset, "val", eval_tf), budget.batch_size,
-                         shuffle=False, seed=seed, device=device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     model.to(device)
-    optimizer = timm.optim.create_optimizer_v2(model, opt="adamw", lr=learning_rate,
-                                               weight_decay=budget.weight_decay)
-    scheduler, _ = timm.scheduler.create_scheduler_v2(
-        optimizer, sched="cosine", num_epochs=budget.epochs, min_lr=0.0, warmup_epochs=0,
-        step_on_epochs=False, updates_per_epoch=len(train_loader))
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
     history: list[dict[str, float]] = []
     stop_reason = "completed"
     y_pred = np.zeros(0, dtype=np.int64)
-    for epoch in range(1, budget.epochs + 1):
-        def check(epoch: int = epoch) -> None:
-            _check_stop(deadline, epoch)
+    train_seconds = eval_seconds = 0.0
+    with prepare_inputs(model, dataset, data_config, budget.batch_size, seed=seed, device=device,
+                        runtime=runtime, hflip=hflip, check=lambda: _check_stop(deadline, 1)) as inputs:
+        trained: Any = torch.compile(inputs.module) if runtime.compile else inputs.module
+        optimizer = timm.optim.create_optimizer_v2(inputs.module, opt="adamw", lr=learning_rate,
+                                                   weight_decay=budget.weight_decay)
+        scheduler, _ = timm.scheduler.create_scheduler_v2(
+            optimizer, sched="cosine", num_epochs=budget.epochs, min_lr=0.0, warmup_epochs=0,
+            step_on_epochs=False, updates_per_epoch=len(inputs.train))
+        for epoch in range(1, budget.epochs + 1):
+            def check(epoch: int = epoch) -> None:
+                _check_stop(deadline, epoch)
 
-        _train_epoch(model, train_loader, optimizer, scheduler, epoch, device, check)
-        y_true, y_pred, loss = predict_labels(model, val_loader, device, check=check)
-        history.append(_metrics(y_true, y_pred, loss))
-        if on_epoch is not None and on_epoch(epoch, history[-1]) and epoch < budget.epochs:
-            stop_reason = f"pruned at epoch {epoch}"
-            break
+            tick = time.perf_counter()
+            _train_epoch(trained, inputs, optimizer, scheduler, epoch, device, runtime, check)
+            _synchronize(device)
+            train_seconds += time.perf_counter() - tick
+            tick = time.perf_counter()
+            y_true, y_pred, loss = predict_labels(trained, inputs.val, device, check=check, runtime=runtime)
+            eval_seconds += time.perf_counter() - tick
+            history.append(_metrics(y_true, y_pred, loss))
+            if on_epoch is not None and on_epoch(epoch, history[-1]) and epoch < budget.epochs:
+                stop_reason = f"pruned at epoch {epoch}"
+                break
     return TrainResult(history[-1], len(history), time.perf_counter() - start, stop_reason, history,
-                       [int(p) for p in y_pred])
+                       [int(p) for p in y_pred], inputs.mode, train_seconds, eval_seconds)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _check_stop(deadline: float | None, epoch: int) -> None:
@@ -296,17 +336,24 @@ def _check_stop(deadline: float | None, epoch: int) -> None:
         raise TrialTimeout(f"timeout in epoch {epoch}", epochs_done=epoch - 1)
 
 
-def _train_epoch(model: nn.Module, loader: DataLoader[Any], optimizer: torch.optim.Optimizer,
-                 scheduler: Any, epoch: int, device: torch.device, check: Callable[[], None]) -> None:
+def _train_epoch(model: nn.Module, inputs: TrialInputs, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 epoch: int, device: torch.device, runtime: Runtime, check: Callable[[], None]) -> None:
+    """One pass over the train batches; each batch's gradient is accumulated over micro-batches."""
     model.train()
-    updates = (epoch - 1) * len(loader)
-    for step, (x, y) in enumerate(loader, start=1):
+    updates = (epoch - 1) * len(inputs.train)
+    for step, (x, y) in enumerate(inputs.train, start=1):
         check()
-        loss = F.cross_entropy(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
-        if not torch.isfinite(loss):
-            raise TrialFailed(f"diverged: loss is {loss.item()} at epoch {epoch} step {step}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        micro = runtime.micro_batch_for(device, len(y))
+        total = torch.zeros((), device=device)
+        for xs, ys in zip(x.split(micro), y.split(micro), strict=True):
+            # the mean loss over the batch, as a sum of micro-batch means weighted by their share
+            loss = F.cross_entropy(_forward(model, xs, device, runtime), ys.to(device, non_blocking=True))
+            loss = loss * (len(ys) / len(y))
+            loss.backward()
+            total += loss.detach()
+        if not torch.isfinite(total):
+            raise TrialFailed(f"diverged: loss is {total.item()} at epoch {epoch} step {step}")
         optimizer.step()
         updates += 1
         scheduler.step_update(num_updates=updates)

@@ -25,7 +25,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from .errors import ConfigError, describe
 from .zoo import feature_dim
 
-__all__ = ["FreezeReport", "TransferNet", "block_groups", "count_parameters", "freeze_backbone", "make_head"]
+__all__ = ["FreezeReport", "TransferNet", "block_groups", "count_parameters", "freeze_backbone", "leading_frozen",
+           "make_head", "module_chain"]
+
+Slot = tuple[nn.Module, str, nn.Module]  # (parent, attribute name, module)
 
 
 def block_groups(model: nn.Module) -> dict[str, int]:
@@ -93,6 +96,31 @@ def freeze_backbone(model: nn.Module, freeze_depth: float) -> FreezeReport:
     return FreezeReport(n_groups=n_groups, n_frozen=n_frozen, frozen_modules=tuple(modules))
 
 
+def module_chain(module: nn.Module) -> list[Slot]:
+    """Children of ``module`` in registration order, ``nn.Sequential`` containers flattened.
+
+    For chain-like backbones (ResNet, EfficientNet, MobileNet) this is the order ``forward_features``
+    runs them in; :mod:`autotransfer.prefix` checks that before relying on it.
+    """
+    slots: list[Slot] = []
+    for name, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            slots.extend(module_chain(child))
+        else:
+            slots.append((module, name, child))
+    return slots
+
+
+def leading_frozen(chain: list[Slot]) -> list[Slot]:
+    """The leading run of ``chain`` whose modules have no trainable parameter."""
+    slots: list[Slot] = []
+    for slot in chain:
+        if any(p.requires_grad for p in slot[2].parameters()):
+            break
+        slots.append(slot)
+    return slots
+
+
 def make_head(in_features: int, head_width: int, n_classes: int) -> nn.Module:
     """Build a classification head on pre-logits features.
 
@@ -135,6 +163,23 @@ class TransferNet(nn.Module):
         self.backbone = backbone
         self.head = head
         self.freeze_report = freeze_report
+
+    def train(self, mode: bool = True) -> TransferNet:
+        """Set training mode, keeping the frozen part in eval mode.
+
+        Frozen modules (every parameter frozen) and the parameter-free modules of the leading
+        frozen chain (activations, dropout between frozen blocks) always run in eval mode, so a
+        frozen prefix computes the same function in training as when its output is cached.
+        """
+        super().train(mode)
+        if mode:
+            for _, _, module in leading_frozen(module_chain(self.backbone)):
+                module.eval()
+            for module in self.backbone.modules():
+                params = list(module.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    module.eval()
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-logits features, shape ``(B, feature_dim)``."""

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial
 from . import interrupt
 from .data import ImageDataset
 from .errors import AutotransferError, TrialFailed
+from .inputs import Runtime
 from .objective import EpochProgress, Objective
 from .recovery import TrialBudget, reclaim_stale_trials, worker_seed
 from .report import OutputWriter
@@ -70,6 +71,7 @@ class WorkerJob:
         report_every: Minimum seconds between report refreshes.
         on_epoch: Progress hook after every epoch.
         callbacks: Optuna callbacks after every trial.
+        runtime: Caches and accelerator settings (each worker process has its own memory cache).
     """
 
     dataset: ImageDataset
@@ -90,6 +92,7 @@ class WorkerJob:
     report_every: float = 30.0
     on_epoch: EpochProgress | None = None
     callbacks: Sequence[StudyCallback] = ()
+    runtime: Runtime = field(default_factory=Runtime)
 
 
 def shares(remaining: int | None, workers: int) -> list[int | None]:
@@ -132,7 +135,7 @@ def run_worker(job: WorkerJob, index: int = 0, share: int | None = None, *, stud
     else:
         study.sampler = sampler
     objective = Objective(job.dataset, job.space, job.budget, job.zoo, resolve_device(device or job.device), job.seed,
-                          job.on_epoch, job.trial_timeout, index)
+                          job.on_epoch, job.trial_timeout, index, job.runtime)
     deadline = None if job.timeout is None else time.monotonic() + job.timeout
     budget = TrialBudget(job.n_trials, share, deadline, poll=min(5.0, float(job.heartbeat_interval)))
     all_callbacks = [*job.callbacks, *callbacks]

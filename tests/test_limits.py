@@ -91,8 +91,11 @@ def test_an_image_broken_mid_run_fails_only_that_trial(tmp_path: Path, test_mode
     result = search(data, n_trials=3, epochs=2, pruner="none", on_epoch=break_an_image,
                     **_kwargs(test_model_zoo, tiny_space))
     trials = result.study.trials
-    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
-    assert stop_reason(trials[0]).startswith(f"bad image: {victim}: ")
+    # The first trial to read the file after it broke fails (trial 0 itself, unless its inputs were
+    # already cached); every other trial completes without it.
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and all(t.state.name == "COMPLETE" for t in trials if t is not failed[0])
+    assert stop_reason(failed[0]).startswith(f"bad image: {victim}: ")
     assert any(path == str(victim) for path, _ in result.study.user_attrs["autotransfer.excluded"])
 
 

@@ -1,0 +1,205 @@
+"""What a trial trains on: cached pooled features, cached frozen-prefix activations, or images.
+
+The recipe decides augmentation, the cache only decides how inputs are produced, so caching never
+changes a result on the same device:
+
+* **Augmentation only when the whole backbone trains** (full fine-tuning). A strategy with a frozen
+  part (linear probe, partial fine-tuning) trains on the eval preprocessing (resize, centre crop),
+  as fixed-feature linear probes are evaluated in Kornblith et al., "Do Better ImageNet Models
+  Transfer Better?" (CVPR 2019). Its frozen part runs in eval mode
+  (:meth:`~autotransfer.transfer.TransferNet.train`), so its output for an image never changes.
+* **Linear probe** (every backbone parameter frozen): the pooled features of each split are computed
+  once per (weights, preprocessing, split, device) and the head trains on them. They are kept in
+  memory and, with a cache folder, in ``OUT/cache/features/*.safetensors`` for every later trial,
+  worker process and restart.
+* **Partial fine-tuning**: the frozen prefix's activations (:mod:`autotransfer.prefix`) are cached
+  in memory when train and val fit ``--cache-mb``; the trainable rest runs on them.
+* Otherwise the trial trains on images (uint8, decoded once, normalised on the device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from . import interrupt
+from .cache import FeatureStore, fingerprint, split_fingerprint
+from .data import ImageDataset
+from .inputs import Preprocess, Runtime, image_loader, loader_workers, run_batched, split_images, tensor_loader
+from .prefix import FrozenPrefix, find_frozen_prefix
+from .transfer import TransferNet
+
+__all__ = ["MODES", "TrialInputs", "prepare_inputs", "weights_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+MODES = ("features", "prefix", "images")
+_VERIFIED: dict[str, bool] = {}  # prefix split proofs by (weights, depth): one per process
+
+
+@dataclass
+class TrialInputs:
+    """The module a trial trains and what it is fed.
+
+    Attributes:
+        mode: ``"features"`` (head on cached pooled features), ``"prefix"`` (the trainable rest
+            on cached frozen-prefix activations) or ``"images"``.
+        module: What the optimiser trains and validation runs: the head, or the network.
+        train: Yields ``(x, y)`` batches (shuffled by the trial seed); ``len()`` is batches per epoch.
+        val: Yields ``(x, y)`` batches in split order.
+        augment: Whether train batches are randomly augmented.
+    """
+
+    mode: str
+    module: nn.Module
+    train: Any
+    val: Any
+    augment: bool
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's architecture name and every tensor of its state dict (names, shapes, bytes)."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+@contextmanager
+def prepare_inputs(net: TransferNet, dataset: ImageDataset, data_config: dict[str, Any], batch_size: int, *,
+                   seed: int, device: torch.device, runtime: Runtime, hflip: bool,
+                   check: Callable[[], None] = interrupt.check) -> Iterator[TrialInputs]:
+    """Choose and build a trial's inputs; the network is whole again on exit.
+
+    Args:
+        net: The frozen transfer model, already on ``device``.
+        dataset: The split dataset.
+        data_config: The backbone's timm data config.
+        batch_size: Training batch size.
+        seed: Shuffling seed.
+        device: Where training runs.
+        runtime: Cache and accelerator settings.
+        hflip: Whether augmentation flips horizontally.
+        check: Called before every batch of feature extraction.
+
+    Raises:
+        BadImageError: An image no longer decodes. Interrupted: a stop was asked for.
+    """
+    preprocess = Preprocess.from_config(data_config, hflip=hflip)
+    backbone_params = list(net.backbone.parameters())
+    augment = all(p.requires_grad for p in backbone_params)
+    frozen = not any(p.requires_grad for p in backbone_params)
+    labels = {s: torch.tensor([y for _, y in dataset.splits[s]], dtype=torch.long) for s in ("train", "val")}
+
+    def loader(x: torch.Tensor, split: str) -> Any:
+        return tensor_loader(TensorDataset(x, labels[split]), batch_size, shuffle=split == "train", seed=seed,
+                             device=device)
+
+    if runtime.cache and frozen:
+        feats = _features(net, dataset, preprocess, runtime, device, check)
+        yield TrialInputs("features", net.head, loader(feats["train"], "train"), loader(feats["val"], "val"), False)
+        return
+    prefix = find_frozen_prefix(net) if runtime.cache and not augment else None
+    acts = _prefix_activations(prefix, dataset, preprocess, runtime, device, check) if prefix is not None else None
+    if prefix is not None and acts is not None:
+        with prefix.removed() as rest:
+            yield TrialInputs("prefix", rest, loader(acts["train"], "train"), loader(acts["val"], "val"), False)
+        return
+    workers = loader_workers(device, runtime.loader_workers)
+    train = split_images(dataset, "train", preprocess, runtime, augment=augment, in_main_process=workers == 0,
+                         check=check)
+    val = split_images(dataset, "val", preprocess, runtime, augment=False, check=check)
+    yield TrialInputs("images", net,
+                      image_loader(train, preprocess, batch_size, shuffle=True, seed=seed, device=device,
+                                   workers=workers),
+                      image_loader(val, preprocess, batch_size, shuffle=False, seed=seed, device=device), augment)
+
+
+def _inference(fn: Callable[[torch.Tensor], torch.Tensor], runtime: Runtime,
+               device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` with the runtime's memory format and autocast, as the training loop runs it."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if runtime.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp = torch.autocast(device.type, dtype=torch.bfloat16) if runtime.use_amp(device) else nullcontext()
+        with amp:
+            return fn(x)
+    return run
+
+
+def _extract(fn: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, preprocess: Preprocess,
+             runtime: Runtime, device: torch.device, check: Callable[[], None]) -> dict[str, torch.Tensor]:
+    batch = runtime.batch_for_inference(device, 32)
+    run = _inference(fn, runtime, device)
+    return {split: run_batched(run, split_images(dataset, split, preprocess, runtime, augment=False, check=check),
+                               batch, device=device, preprocess=preprocess, check=check)
+            for split in ("train", "val")}
+
+
+def _features(net: TransferNet, dataset: ImageDataset, preprocess: Preprocess, runtime: Runtime,
+              device: torch.device, check: Callable[[], None]) -> dict[str, torch.Tensor]:
+    """Pooled features ``(N, D)`` of train and val: memory, then disk, then computed (and stored)."""
+    key = fingerprint("features", weights_fingerprint(net.backbone), preprocess.key, preprocess.mean,
+                      preprocess.std, split_fingerprint(dataset, "train"), split_fingerprint(dataset, "val"),
+                      device.type, runtime.use_amp(device), runtime.channels_last)
+    memory = runtime.memory()
+    cached = memory.get(key)
+    if cached is not None:
+        return dict(cached)
+    name = str(getattr(net.backbone, "pretrained_cfg", {}).get("architecture", type(net.backbone).__name__))
+    store = FeatureStore(runtime.cache_dir / "features") if runtime.cache_dir is not None else None
+    loaded = store.load(name, key) if store is not None else None
+    if loaded is None or set(loaded) != {"train", "val"}:
+        net.eval()
+        loaded = _extract(net.features, dataset, preprocess, runtime, device, check)
+        if store is not None:
+            path = store.save(name, key, loaded, {"backbone": name, "dataset": dataset.name})
+            logger.info("Cached %s features of %d images in %s", name, sum(len(t) for t in loaded.values()), path)
+    memory.put(key, loaded)
+    return loaded
+
+
+def _prefix_activations(prefix: FrozenPrefix, dataset: ImageDataset, preprocess: Preprocess, runtime: Runtime,
+                        device: torch.device, check: Callable[[], None]) -> dict[str, torch.Tensor] | None:
+    """The prefix's output for train and val, if the split is proven and they fit the memory cache."""
+    key = fingerprint("prefix", weights_fingerprint(prefix.net.backbone), prefix.n_modules, preprocess.key,
+                      preprocess.mean, preprocess.std, split_fingerprint(dataset, "train"),
+                      split_fingerprint(dataset, "val"), device.type, runtime.use_amp(device), runtime.channels_last)
+    memory = runtime.memory()
+    cached = memory.get(key)
+    if cached is not None:
+        return dict(cached)
+    val: Any = split_images(dataset, "val", preprocess, runtime, augment=False, check=check)
+    probe = torch.stack([val[i][0] for i in range(min(2, len(val)))]).to(device)
+    probe = timm_normalise(probe, preprocess)
+    proof = fingerprint(key, "proof")
+    if proof not in _VERIFIED:
+        _VERIFIED[proof] = prefix.verify(probe)
+    if not _VERIFIED[proof]:
+        return None
+    with torch.inference_mode():
+        per_image = prefix.forward(probe[:1]).numel() * 4
+    n_images = len(dataset.splits["train"]) + len(dataset.splits["val"])
+    if not memory.fits(per_image * n_images):
+        logger.info("Frozen-prefix activations (%.0f MiB) exceed --cache-mb %.0f; training on images.",
+                    per_image * n_images / 2**20, runtime.cache_mb)
+        return None
+    acts = _extract(prefix.forward, dataset, preprocess, runtime, device, check)
+    memory.put(key, acts)
+    return acts
+
+
+def timm_normalise(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """Normalise uint8 images ``(B, 3, H, W)`` exactly as ``timm.data.PrefetchLoader`` does."""
+    mean = torch.tensor([m * 255 for m in preprocess.mean], device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor([s * 255 for s in preprocess.std], device=x.device).view(1, -1, 1, 1)
+    return x.float().sub_(mean).div_(std)

@@ -1,0 +1,114 @@
+"""Benchmark: the trainer's images/s against a bare hand-written PyTorch loop, side by side.
+
+Both train the same full fine-tuning model (timm, channels-last) on the same real images
+(hymenoptera train, timm's random resized crop and flip, decoded once into memory), with the same
+batch, optimiser (AdamW) and one forward/backward pass per batch (``micro_batch`` = batch), then
+evaluate on val with the eval preprocessing. The bare loop is what a user writes by hand; the
+trainer adds its per-batch stop checks, schedule, divergence check, metrics and prefetching
+loader. The runs alternate (bare, trainer, bare, trainer, ...) so the machine's drift hits both;
+the medians are compared. Target (issue 5): trainer/bare >= 0.95. Run by hand::
+
+    python -m benchmarks.trainer_throughput [--backbones A,B] [--repeats 2] [--device cpu]
+
+and record the printed table in ``benchmarks/README.md`` with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import timm.optim
+import torch
+import torch.nn.functional as F
+
+from autotransfer import Budget, TransferNet, fit, load_dataset, load_zoo
+from autotransfer.inputs import Preprocess, Runtime, UintImages, split_images, tensor_loader
+from autotransfer.plan import timm_normalise
+from autotransfer.zoo import create_backbone
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _net(name: str, zoo: Any, n_classes: int) -> tuple[TransferNet, dict[str, Any]]:
+    torch.manual_seed(0)
+    backbone, config = create_backbone(name, zoo)
+    return TransferNet.build(backbone, 0.0, 0, n_classes), config
+
+
+def bare_loop(name: str, zoo: Any, dataset: Any, batch: int, device: torch.device) -> tuple[float, float]:
+    """A hand-written epoch and val pass; returns (train images/s, eval images/s)."""
+    net, config = _net(name, zoo, dataset.n_classes)
+    net = net.to(device).to(memory_format=torch.channels_last)
+    preprocess = Preprocess.from_config(config)
+    runtime = Runtime()
+    train = tensor_loader(UintImages(dataset, "train", preprocess.train, runtime.memory()), batch, shuffle=True,
+                          seed=0, device=device)
+    val = tensor_loader(split_images(dataset, "val", preprocess, runtime, augment=False), batch, shuffle=False,
+                        seed=0, device=device)
+    optimizer = timm.optim.create_optimizer_v2(net, opt="adamw", lr=1e-4, weight_decay=0.01)
+    net.train()
+    start = time.perf_counter()
+    for x, y in train:
+        x = timm_normalise(x.to(device), preprocess).contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(net(x), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(device)
+    train_rate = len(dataset.splits["train"]) / (time.perf_counter() - start)
+    net.eval()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for x, _ in val:
+            net(timm_normalise(x.to(device), preprocess).contiguous(memory_format=torch.channels_last)).argmax(1)
+    _sync(device)
+    return train_rate, len(dataset.splits["val"]) / (time.perf_counter() - start)
+
+
+def trainer(name: str, zoo: Any, dataset: Any, batch: int, device: torch.device) -> tuple[float, float]:
+    """One epoch of :func:`autotransfer.fit`; returns (train images/s, eval images/s)."""
+    net, config = _net(name, zoo, dataset.n_classes)
+    result = fit(net, dataset, config, Budget(epochs=1, batch_size=batch), 1e-4, seed=0, device=device,
+                 runtime=Runtime(micro_batch=batch))
+    return len(dataset.splits["train"]) / result.train_seconds, len(dataset.splits["val"]) / result.eval_seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", default="tf_mobilenetv3_small_100.tf1_in1k,mobilenetv2_100.tf2_in1k")
+    parser.add_argument("--data", default=str(SHARED / "datasets" / "hymenoptera_data"))
+    parser.add_argument("--zoo", default=str(SHARED / "weights" / "zoo.yaml"))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dataset = load_dataset(args.data)
+    zoo = load_zoo(args.zoo)
+    print(f"{platform.machine()} {platform.processor() or ''} threads={torch.get_num_threads()} "
+          f"device={device} torch {torch.__version__} batch={args.batch}")
+    print("| backbone | bare train img/s | trainer train img/s | ratio | bare eval img/s | trainer eval img/s "
+          "| ratio |\n|---|---:|---:|---:|---:|---:|---:|")
+    for name in args.backbones.split(","):
+        bare_loop(name, zoo, dataset, args.batch, device)  # warm-up: decodes the images once into memory
+        runs: dict[str, list[tuple[float, float]]] = {"bare": [], "trainer": []}
+        for _ in range(args.repeats):
+            runs["bare"].append(bare_loop(name, zoo, dataset, args.batch, device))
+            runs["trainer"].append(trainer(name, zoo, dataset, args.batch, device))
+        med = {k: [statistics.median(r[i] for r in v) for i in (0, 1)] for k, v in runs.items()}
+        print(f"| {name} | {med['bare'][0]:.1f} | {med['trainer'][0]:.1f} | {med['trainer'][0] / med['bare'][0]:.3f} "
+              f"| {med['bare'][1]:.1f} | {med['trainer'][1]:.1f} | {med['trainer'][1] / med['bare'][1]:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
