@@ -20,6 +20,11 @@ _EXPORTS: dict[str, str] = {
     "LEADERBOARD_COLUMNS": "leaderboard",
     "PRUNERS": "samplers",
     "AutotransferError": "errors",
+    "FeatureStore": "cache",
+    "MemoryCache": "cache",
+    "Runtime": "inputs",
+    "TrialInputs": "plan",
+    "prepare_inputs": "plan",
     "BadImageError": "errors",
     "Budget": "trainer",
     "ConfigError": "errors",
@@ -84,10 +89,13 @@ __all__ = [
     "Budget",
     "ConfigError",
     "DataError",
+    "FeatureStore",
     "ImageDataset",
     "Interrupted",
     "LabelledImages",
+    "MemoryCache",
     "Objective",
+    "Runtime",
     "SearchResult",
     "SearchSpace",
     "Strategy",
@@ -96,6 +104,7 @@ __all__ = [
     "TrainResult",
     "TransferNet",
     "TrialFailed",
+    "TrialInputs",
     "TrialTimeout",
     "WeightsNotFoundError",
     "Zoo",
@@ -125,6 +134,7 @@ __all__ = [
     "make_transforms",
     "open_study",
     "predict_labels",
+    "prepare_inputs",
     "render_report",
     "resolve_device",
     "search",
@@ -151,6 +161,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .cache import FeatureStore, MemoryCache
     from .data import ImageDataset, LabelledImages, load_dataset
     from .errors import (
         AutotransferError,
@@ -162,9 +173,11 @@ if TYPE_CHECKING:
         TrialTimeout,
         WeightsNotFoundError,
     )
+    from .inputs import Runtime
     from .interrupt import Interrupted
     from .leaderboard import LEADERBOARD_COLUMNS, leaderboard
     from .objective import Objective, trial_seed
+    from .plan import TrialInputs, prepare_inputs
     from .recovery import finished_trials
     from .report import render_report, write_outputs, write_report
     from .samplers import PRUNERS, make_pruner, make_sampler

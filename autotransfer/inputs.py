@@ -66,7 +66,7 @@ class Runtime:
 
     cache: bool = True
     cache_mb: float = 1024.0
-    cache_dir: Path | None = None
+    cache_dir: str | Path | None = None
     amp: bool | None = None
     channels_last: bool = True
     compile: bool = False
@@ -85,8 +85,8 @@ class Runtime:
             raise ConfigError(describe("micro_batch", "None or a positive integer", self.micro_batch))
 
     def memory(self) -> MemoryCache:
-        """This process's memory cache (bounded to ``cache_mb``; empty when caching is off)."""
-        return memory_cache(self.cache_mb if self.cache else 0)
+        """This process's memory cache, bounded to ``cache_mb`` (a store that keeps nothing when caching is off)."""
+        return memory_cache(self.cache_mb) if self.cache else MemoryCache(0)
 
     def use_amp(self, device: torch.device) -> bool:
         """Whether to autocast to bf16 on ``device``."""
@@ -201,13 +201,14 @@ class UintImages(Dataset[tuple[torch.Tensor, int]]):
 
 
 def split_images(dataset: ImageDataset, split: str, preprocess: Preprocess, runtime: Runtime, *,
-                 augment: bool, in_main_process: bool = True,
+                 augment: bool, in_main_process: bool = True, workers: int = 0,
                  check: Callable[[], None] = interrupt.check) -> Dataset[Any]:
     """The uint8 images of one split, from the cache where possible.
 
     Eval-preprocessed splits (``augment=False``) are decoded once into a ``TensorDataset`` of
     ``(N, 3, H, W)`` uint8 images when they fit the memory cache; augmented splits decode through
-    a cache of decoded images (only when read in this process: ``in_main_process``).
+    a cache of decoded images (only when read in this process: ``in_main_process``). ``workers``
+    DataLoader processes decode a split that is being cached.
 
     Raises:
         BadImageError: An image no longer decodes.
@@ -227,9 +228,11 @@ def split_images(dataset: ImageDataset, split: str, preprocess: Preprocess, runt
         if not memory.fits(first.numel() * len(source)):
             return source
         images = torch.empty((len(source), *first.shape), dtype=torch.uint8)
-        for i in range(len(source)):
+        done = 0
+        for batch, _ in DataLoader(source, batch_size=64, num_workers=workers):  # decoded in parallel on GPU hosts
             check()
-            images[i] = first if i == 0 else source[i][0]
+            images[done:done + len(batch)] = batch
+            done += len(batch)
         memory.put(key, images)
     return TensorDataset(images, labels)
 

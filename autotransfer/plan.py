@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -117,7 +118,7 @@ def prepare_inputs(net: TransferNet, dataset: ImageDataset, data_config: dict[st
     workers = loader_workers(device, runtime.loader_workers)
     train = split_images(dataset, "train", preprocess, runtime, augment=augment, in_main_process=workers == 0,
                          check=check)
-    val = split_images(dataset, "val", preprocess, runtime, augment=False, check=check)
+    val = split_images(dataset, "val", preprocess, runtime, augment=False, workers=workers, check=check)
     yield TrialInputs("images", net,
                       image_loader(train, preprocess, batch_size, shuffle=True, seed=seed, device=device,
                                    workers=workers),
@@ -140,7 +141,9 @@ def _extract(fn: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, 
              runtime: Runtime, device: torch.device, check: Callable[[], None]) -> dict[str, torch.Tensor]:
     batch = runtime.batch_for_inference(device, 32)
     run = _inference(fn, runtime, device)
-    return {split: run_batched(run, split_images(dataset, split, preprocess, runtime, augment=False, check=check),
+    workers = loader_workers(device, runtime.loader_workers)
+    return {split: run_batched(run, split_images(dataset, split, preprocess, runtime, augment=False, workers=workers,
+                                                 check=check),
                                batch, device=device, preprocess=preprocess, check=check)
             for split in ("train", "val")}
 
@@ -156,7 +159,7 @@ def _features(net: TransferNet, dataset: ImageDataset, preprocess: Preprocess, r
     if cached is not None:
         return dict(cached)
     name = str(getattr(net.backbone, "pretrained_cfg", {}).get("architecture", type(net.backbone).__name__))
-    store = FeatureStore(runtime.cache_dir / "features") if runtime.cache_dir is not None else None
+    store = FeatureStore(Path(runtime.cache_dir) / "features") if runtime.cache_dir is not None else None
     loaded = store.load(name, key) if store is not None else None
     if loaded is None or set(loaded) != {"train", "val"}:
         net.eval()

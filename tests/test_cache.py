@@ -164,3 +164,30 @@ def test_memory_cache_is_bounded_and_least_recently_used() -> None:
 def test_bad_runtime_settings_are_refused(kwargs: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         Runtime(**kwargs)  # type: ignore[arg-type]
+
+
+def test_search_caches_linear_probe_features_in_the_output_folder(digits_subset, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                  test_model_zoo: Path) -> None:
+    from autotransfer import search
+
+    space = {"backbone": ["test_resnet.local"], "freeze_depth": [1.0], "head_width": [0, 16],
+             "learning_rate": {"low": 1e-3, "high": 1e-2}}
+    kwargs = {"space": space, "zoo": test_model_zoo, "n_trials": 2, "epochs": 1, "device": "cpu",
+              "baseline": False, "pruner": "none"}
+    cached = search(digits_subset, out=tmp_path / "a", **kwargs)  # type: ignore[arg-type]
+    memory_cache(0).clear()
+    uncached = search(digits_subset, out=tmp_path / "b", cache=False, **kwargs)  # type: ignore[arg-type]
+    assert [t.user_attrs["inputs"] for t in cached.study.trials] == ["features", "features"]
+    assert [t.user_attrs["inputs"] for t in uncached.study.trials] == ["images", "images"]
+    assert [t.value for t in cached.study.trials] == [t.value for t in uncached.study.trials]
+    assert len(list((tmp_path / "a" / "cache" / "features").glob("test_resnet-*.safetensors"))) == 1
+    assert not (tmp_path / "b" / "cache").exists()
+
+
+def test_command_line_cache_options() -> None:
+    from autotransfer.cli import build_parser
+
+    args = build_parser().parse_args(["search", "digits", "--no-cache", "--cache-mb", "256", "--compile", "--no-amp"])
+    assert (args.no_cache, args.cache_mb, args.compile, args.amp) == (True, 256.0, True, False)
+    args = build_parser().parse_args(["demo"])
+    assert (args.no_cache, args.cache_mb, args.compile, args.amp) == (False, 1024.0, False, None)
