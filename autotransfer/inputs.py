@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,14 @@ class Runtime:
         if self.amp is not None:
             return self.amp and device.type == "cuda"
         return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``fn(x)`` on ``device`` in the runtime's memory format (4-D inputs) and under its autocast."""
+        x = x.to(device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16) if self.use_amp(device) else nullcontext():
+            return fn(x)
 
     def micro_batch_for(self, device: torch.device, batch: int) -> int:
         """Images per forward/backward pass for an optimisation batch of ``batch`` images."""

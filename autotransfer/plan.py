@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,22 +125,13 @@ def prepare_inputs(net: TransferNet, dataset: ImageDataset, data_config: dict[st
                       image_loader(val, preprocess, batch_size, shuffle=False, seed=seed, device=device), augment)
 
 
-def _inference(fn: Callable[[torch.Tensor], torch.Tensor], runtime: Runtime,
-               device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``fn`` with the runtime's memory format and autocast, as the training loop runs it."""
-    def run(x: torch.Tensor) -> torch.Tensor:
-        if runtime.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        amp = torch.autocast(device.type, dtype=torch.bfloat16) if runtime.use_amp(device) else nullcontext()
-        with amp:
-            return fn(x)
-    return run
-
-
 def _extract(fn: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, preprocess: Preprocess,
              runtime: Runtime, device: torch.device, check: Callable[[], None]) -> dict[str, torch.Tensor]:
     batch = runtime.batch_for_inference(device, 32)
-    run = _inference(fn, runtime, device)
+
+    def run(x: torch.Tensor) -> torch.Tensor:  # as the training loop runs it
+        return runtime.run(fn, x, device)
+
     workers = loader_workers(device, runtime.loader_workers)
     return {split: run_batched(run, split_images(dataset, split, preprocess, runtime, augment=False, workers=workers,
                                                  check=check),
@@ -181,9 +172,8 @@ def _prefix_activations(prefix: FrozenPrefix, dataset: ImageDataset, preprocess:
     cached = memory.get(key)
     if cached is not None:
         return dict(cached)
-    val: Any = split_images(dataset, "val", preprocess, runtime, augment=False, check=check)
-    probe = torch.stack([val[i][0] for i in range(min(2, len(val)))]).to(device)
-    probe = timm_normalise(probe, preprocess)
+    val = split_images(dataset, "val", preprocess, runtime, augment=False, check=check)
+    probe, _ = next(iter(image_loader(val, preprocess, 2, shuffle=False, seed=0, device=device)))
     proof = fingerprint(key, "proof")
     if proof not in _VERIFIED:
         _VERIFIED[proof] = prefix.verify(probe)
@@ -199,10 +189,3 @@ def _prefix_activations(prefix: FrozenPrefix, dataset: ImageDataset, preprocess:
     acts = _extract(prefix.forward, dataset, preprocess, runtime, device, check)
     memory.put(key, acts)
     return acts
-
-
-def timm_normalise(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """Normalise uint8 images ``(B, 3, H, W)`` exactly as ``timm.data.PrefetchLoader`` does."""
-    mean = torch.tensor([m * 255 for m in preprocess.mean], device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor([s * 255 for s in preprocess.std], device=x.device).view(1, -1, 1, 1)
-    return x.float().sub_(mean).div_(std)

@@ -13,7 +13,6 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,11 +171,7 @@ def predict_labels(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.
 
 def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, runtime: Runtime) -> torch.Tensor:
     """Float32 logits of ``model`` on ``x``, with the runtime's memory format and autocast."""
-    x = x.to(device, non_blocking=True)
-    if runtime.channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16) if runtime.use_amp(device) else nullcontext():
-        return model(x).float()
+    return runtime.run(model, x, device).float()
 
 
 def _metrics(y_true: np.ndarray, y_pred: np.ndarray, loss: float) -> dict[str, float]:

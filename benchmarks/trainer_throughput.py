@@ -28,7 +28,6 @@ import torch.nn.functional as F
 
 from autotransfer import Budget, TransferNet, fit, load_dataset, load_zoo
 from autotransfer.inputs import Preprocess, Runtime, UintImages, split_images, tensor_loader
-from autotransfer.plan import timm_normalise
 from autotransfer.zoo import create_backbone
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -38,6 +37,13 @@ def _net(name: str, zoo: Any, n_classes: int) -> tuple[TransferNet, dict[str, An
     torch.manual_seed(0)
     backbone, config = create_backbone(name, zoo)
     return TransferNet.build(backbone, 0.0, 0, n_classes), config
+
+
+def timm_normalise(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """Normalise uint8 images ``(B, 3, H, W)`` by hand, as ``timm.data.PrefetchLoader`` does."""
+    mean = torch.tensor([m * 255 for m in preprocess.mean], device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor([s * 255 for s in preprocess.std], device=x.device).view(1, -1, 1, 1)
+    return x.float().sub_(mean).div_(std)
 
 
 def bare_loop(name: str, zoo: Any, dataset: Any, batch: int, device: torch.device,
