@@ -2,6 +2,8 @@
 
 An Optuna study samples strategies (timm backbone, freeze depth, head width, learning rate),
 trains each on a small budget with pruning, and ranks them in a leaderboard and an HTML report.
+The winner is refit on the full budget (``refit``), exported and loaded (``TransferModel``,
+``load_model``), or all of it runs as a scikit-learn estimator (``TransferClassifier``).
 
 The public names below load on first use (lazy loading as in the Scientific Python SPEC 1), so
 ``autotransfer report`` and other commands that only read a study's storage start without
@@ -20,6 +22,13 @@ _EXPORTS: dict[str, str] = {
     "LEADERBOARD_COLUMNS": "leaderboard",
     "PRUNERS": "samplers",
     "AutotransferError": "errors",
+    "BackboneSpec": "model",
+    "ModelError": "errors",
+    "TransferClassifier": "estimator",
+    "TransferModel": "model",
+    "images_dataset": "images",
+    "load_model": "model",
+    "refit": "refit",
     "FeatureStore": "cache",
     "MemoryCache": "cache",
     "Runtime": "inputs",
@@ -85,6 +94,7 @@ __all__ = [
     "LEADERBOARD_COLUMNS",
     "PRUNERS",
     "AutotransferError",
+    "BackboneSpec",
     "BadImageError",
     "Budget",
     "ConfigError",
@@ -94,6 +104,7 @@ __all__ = [
     "Interrupted",
     "LabelledImages",
     "MemoryCache",
+    "ModelError",
     "Objective",
     "Runtime",
     "SearchResult",
@@ -102,6 +113,8 @@ __all__ = [
     "StudyMismatchError",
     "StudyStatus",
     "TrainResult",
+    "TransferClassifier",
+    "TransferModel",
     "TransferNet",
     "TrialFailed",
     "TrialInputs",
@@ -122,9 +135,11 @@ __all__ = [
     "fit",
     "format_status",
     "freeze_backbone",
+    "images_dataset",
     "leaderboard",
     "load_dataset",
     "load_existing_study",
+    "load_model",
     "load_search_space",
     "load_zoo",
     "make_head",
@@ -135,6 +150,7 @@ __all__ = [
     "open_study",
     "predict_labels",
     "prepare_inputs",
+    "refit",
     "render_report",
     "resolve_device",
     "search",
@@ -168,17 +184,22 @@ if TYPE_CHECKING:
         BadImageError,
         ConfigError,
         DataError,
+        ModelError,
         StudyMismatchError,
         TrialFailed,
         TrialTimeout,
         WeightsNotFoundError,
     )
+    from .estimator import TransferClassifier
+    from .images import images_dataset
     from .inputs import Runtime
     from .interrupt import Interrupted
     from .leaderboard import LEADERBOARD_COLUMNS, leaderboard
+    from .model import BackboneSpec, TransferModel, load_model
     from .objective import Objective, trial_seed
     from .plan import TrialInputs, prepare_inputs
     from .recovery import finished_trials
+    from .refit import refit
     from .report import render_report, write_outputs, write_report
     from .samplers import PRUNERS, make_pruner, make_sampler
     from .search_space import BASELINE_RECIPE, SearchSpace, Strategy, bundled_spaces, load_search_space, strategy_family

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -29,9 +28,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .data import DIGITS, ImageDataset
+from .files import save_safetensors
 
 __all__ = ["FeatureStore", "MemoryCache", "fingerprint", "memory_cache", "split_fingerprint"]
 
@@ -178,15 +178,5 @@ class FeatureStore:
             return None
 
     def save(self, name: str, key: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-        """Write ``tensors`` atomically (temporary file in the same folder, then ``os.replace``)."""
-        path = self.path(name, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        """Write ``tensors`` atomically (:func:`autotransfer.files.save_safetensors`)."""
+        return save_safetensors(self.path(name, key), tensors, metadata)

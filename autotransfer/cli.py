@@ -1,4 +1,4 @@
-"""Command-line interface: ``autotransfer search``, ``demo``, ``report`` and ``status``.
+"""Command-line interface: ``autotransfer search``, ``demo``, ``report``, ``status``, ``refit`` and ``predict``.
 
 Progress lines and the final leaderboard go to standard output; handlers and printing live
 here only (the library logs through ``logging``).
@@ -84,7 +84,32 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="print a study's progress: trials by state, best so far, time left")
     st.add_argument("--storage", required=True, help="Optuna storage URL or journal file of the study")
     st.add_argument("--study-name", help="study name (may be omitted when the storage holds one study)")
+    _add_model_commands(sub)
     return parser
+
+
+def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rf = sub.add_parser("refit", help="retrain the best strategy (or --trial N) on train+val with the full budget, "
+                        "evaluate it once on test, and save the model")
+    rf.add_argument("--storage", required=True, help="Optuna storage URL or journal file of the study")
+    rf.add_argument("--study-name", help="study name (may be omitted when the storage holds one study)")
+    rf.add_argument("--trial", type=int, help="trial number whose strategy to refit (default: the best trial)")
+    rf.add_argument("--epochs", type=int, help="epochs (default: the search's --epochs)")
+    rf.add_argument("--out", type=Path, required=True, help="folder to save the model in (model.safetensors, "
+                    "model.json)")
+    rf.add_argument("--train-on", default="auto", choices=["auto", "train", "train+val"], help="auto (default): "
+                    "train+val when the dataset has a test split, else train, evaluated once on val")
+    rf.add_argument("--data", help="the dataset folder, if it moved since the search (default: the folder the "
+                    "search used)")
+    rf.add_argument("--zoo", help="local zoo YAML (default: $AUTOTRANSFER_ZOO, then the zoo the search used)")
+    rf.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    pr = sub.add_parser("predict", help="predict the class of images with a saved model; writes a CSV")
+    pr.add_argument("model", type=Path, help="model folder (from autotransfer refit --out or TransferModel.save)")
+    pr.add_argument("images", nargs="+", help="image files or folders (searched recursively for images)")
+    pr.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write, one row per image: "
+                    "image, label, one probability column per class (default: predictions.csv)")
+    pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    pr.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
 
 def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space: str) -> None:
@@ -128,6 +153,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("timm").setLevel(logging.WARNING)
     if args.command in ("report", "status"):
         return _read_only(args)
+    if args.command in ("refit", "predict"):
+        from .model_cli import predict_command, refit_command  # imports PyTorch
+
+        try:
+            return refit_command(args) if args.command == "refit" else predict_command(args)
+        except AutotransferError as err:
+            print(f"autotransfer: error: {err}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:  # files are written atomically at the end: nothing half-written is left
+            print(f"\nInterrupted: this {args.command} wrote nothing.", file=sys.stderr)
+            return 130
     with interrupt.graceful_stop(hard_exit=True):  # a second signal exits at once
         return _search(args)
 

@@ -32,11 +32,12 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .errors import BadImageError, DataError, describe
 
-__all__ = ["DIGITS", "ImageDataset", "LabelledImages", "load_dataset", "open_image"]
+__all__ = ["DIGITS", "IMAGE_EXTENSIONS", "ImageDataset", "LabelledImages", "decode_error", "load_dataset",
+           "open_image", "stratified_split"]
 
 DIGITS = "digits"
 SPLITS = ("train", "val", "test")
-_EXTENSIONS = tuple(sorted({*IMG_EXTENSIONS, ".gif"}))
+IMAGE_EXTENSIONS = tuple(sorted({*IMG_EXTENSIONS, ".gif"}))
 
 Sample = tuple[str, int]  # (key: path relative to the root, or "digits/<index>"; class index)
 
@@ -146,7 +147,7 @@ class LabelledImages(Dataset[tuple[Any, int]]):
         key, label = self.items[index]
         try:
             image = open_image(self.root, key)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # as in _decode_error
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # as in decode_error
             raise BadImageError(key, str(Path(self.root) / key), f"{type(err).__name__}: {err}") from err
         return self.transform(image), label
 
@@ -186,7 +187,7 @@ def load_dataset(
     if (root / "train").is_dir() and (root / "val").is_dir():
         return _presplit_dataset(root)
     classes, samples, excluded = _scan(root, root)
-    splits = _stratified_split(samples, len(classes), seed, val_fraction, test_fraction)
+    splits = stratified_split(samples, len(classes), seed, val_fraction, test_fraction)
     return ImageDataset(root.name, str(root), classes, splits, excluded, "stratified", seed)
 
 
@@ -217,13 +218,13 @@ def _scan(folder: Path, root: Path, min_per_class: int = 2
     excluded: list[tuple[str, str]] = []
     for label, class_dir in enumerate(class_dirs):
         for path in sorted(class_dir.rglob("*")):
-            if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in _EXTENSIONS:
+            if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
             resolved = path.resolve()
             if not resolved.is_relative_to(root):
                 excluded.append((str(path), f"resolves outside the dataset root {root}"))
                 continue
-            reason = _decode_error(resolved)
+            reason = decode_error(resolved)
             if reason:
                 excluded.append((str(path), reason))
             else:
@@ -236,8 +237,11 @@ def _scan(folder: Path, root: Path, min_per_class: int = 2
     return tuple(p.name for p in class_dirs), samples, excluded
 
 
-def _decode_error(path: Path) -> str | None:
-    """Decode the whole file (Pillow's truncation check and decompression-bomb limit stay on)."""
+def decode_error(path: Path) -> str | None:
+    """Why ``path`` cannot be decoded as an image, or None if it can.
+
+    The whole file is decoded (Pillow's truncation check and decompression-bomb limit stay on).
+    """
     try:
         with Image.open(path) as img:
             img.load()
@@ -246,9 +250,21 @@ def _decode_error(path: Path) -> str | None:
     return None
 
 
-def _stratified_split(samples: Sequence[Sample], n_classes: int, seed: int,
-                      val_fraction: float, test_fraction: float) -> dict[str, list[Sample]]:
-    """Stratified train / val / test split with scikit-learn; test is dropped on tiny data."""
+def stratified_split(samples: Sequence[Sample], n_classes: int, seed: int,
+                     val_fraction: float, test_fraction: float) -> dict[str, list[Sample]]:
+    """Stratified train / val / test split with scikit-learn's ``train_test_split``.
+
+    Args:
+        samples: ``(key, class index)`` pairs.
+        n_classes: Number of classes (each split gets at least one image of each).
+        seed: ``random_state`` of the split.
+        val_fraction: Fraction of the samples for val.
+        test_fraction: Fraction for test; 0 gives no test split, and so do classes of fewer than
+            three images.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``, each sorted by key.
+    """
     n = len(samples)
     n_val = max(n_classes, round(val_fraction * n))
     n_test = max(n_classes, round(test_fraction * n)) if test_fraction > 0 else 0
@@ -276,5 +292,5 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 def _digits_dataset(seed: int, val_fraction: float, test_fraction: float) -> ImageDataset:
     _, targets = _digits()
     samples = [(f"{DIGITS}/{i}", int(y)) for i, y in enumerate(targets)]
-    splits = _stratified_split(samples, 10, seed, val_fraction, test_fraction)
+    splits = stratified_split(samples, 10, seed, val_fraction, test_fraction)
     return ImageDataset(DIGITS, DIGITS, tuple(str(i) for i in range(10)), splits, [], "stratified", seed)

@@ -12,6 +12,7 @@ __all__ = [
     "BadImageError",
     "ConfigError",
     "DataError",
+    "ModelError",
     "StudyMismatchError",
     "TrialFailed",
     "TrialTimeout",
@@ -30,6 +31,10 @@ class ConfigError(AutotransferError, ValueError):
 
 class DataError(AutotransferError, ValueError):
     """A dataset is missing, empty, or cannot be split for training."""
+
+
+class ModelError(AutotransferError, ValueError):
+    """A saved model folder is incomplete, altered, or does not describe a model this version can build."""
 
 
 class WeightsNotFoundError(AutotransferError, FileNotFoundError):

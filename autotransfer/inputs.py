@@ -202,7 +202,7 @@ class UintImages(Dataset[tuple[torch.Tensor, int]]):
             return Image.fromarray(pixels.numpy())
         try:
             image = open_image(self.root, key)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # as in data._decode_error
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # as in data.decode_error
             raise BadImageError(key, str(Path(self.root) / key), f"{type(err).__name__}: {err}") from err
         if self.decoded is not None and cache_key:
             self.decoded.put(cache_key, torch.from_numpy(np.asarray(image).copy()))

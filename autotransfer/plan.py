@@ -55,14 +55,14 @@ class TrialInputs:
             on cached frozen-prefix activations) or ``"images"``.
         module: What the optimiser trains and validation runs: the head, or the network.
         train: Yields ``(x, y)`` batches (shuffled by the trial seed); ``len()`` is batches per epoch.
-        val: Yields ``(x, y)`` batches in split order.
+        val: Yields ``(x, y)`` batches in split order; None when built with ``validate=False``.
         augment: Whether train batches are randomly augmented.
     """
 
     mode: str
     module: nn.Module
     train: Any
-    val: Any
+    val: Any | None
     augment: bool
 
 
@@ -78,7 +78,7 @@ def weights_fingerprint(model: nn.Module) -> str:
 @contextmanager
 def prepare_inputs(net: TransferNet, dataset: ImageDataset, data_config: dict[str, Any], batch_size: int, *,
                    seed: int, device: torch.device, runtime: Runtime, hflip: bool,
-                   check: Callable[[], None] = interrupt.check) -> Iterator[TrialInputs]:
+                   check: Callable[[], None] = interrupt.check, validate: bool = True) -> Iterator[TrialInputs]:
     """Choose and build a trial's inputs; the network is whole again on exit.
 
     Args:
@@ -91,6 +91,7 @@ def prepare_inputs(net: TransferNet, dataset: ImageDataset, data_config: dict[st
         runtime: Cache and accelerator settings.
         hflip: Whether augmentation flips horizontally.
         check: Called before every batch of feature extraction.
+        validate: Whether to build val inputs too (False for a refit, whose val images are trained on).
 
     Raises:
         BadImageError: An image no longer decodes. Interrupted: a stop was asked for.
@@ -99,34 +100,39 @@ def prepare_inputs(net: TransferNet, dataset: ImageDataset, data_config: dict[st
     backbone_params = list(net.backbone.parameters())
     augment = all(p.requires_grad for p in backbone_params)
     frozen = not any(p.requires_grad for p in backbone_params)
-    labels = {s: torch.tensor([y for _, y in dataset.splits[s]], dtype=torch.long) for s in ("train", "val")}
+    splits = ("train", "val") if validate else ("train",)
+    labels = {s: torch.tensor([y for _, y in dataset.splits[s]], dtype=torch.long) for s in splits}
 
-    def loader(x: torch.Tensor, split: str) -> Any:
-        return tensor_loader(TensorDataset(x, labels[split]), batch_size, shuffle=split == "train", seed=seed,
-                             device=device)
+    def loader(tensors: dict[str, torch.Tensor], split: str) -> Any:
+        if split not in tensors:
+            return None
+        return tensor_loader(TensorDataset(tensors[split], labels[split]), batch_size, shuffle=split == "train",
+                             seed=seed, device=device)
 
     if runtime.cache and frozen:
-        feats = _features(net, dataset, preprocess, runtime, device, check)
-        yield TrialInputs("features", net.head, loader(feats["train"], "train"), loader(feats["val"], "val"), False)
+        feats = _features(net, dataset, preprocess, runtime, device, check, splits)
+        yield TrialInputs("features", net.head, loader(feats, "train"), loader(feats, "val"), False)
         return
     prefix = find_frozen_prefix(net) if runtime.cache and not augment else None
-    acts = _prefix_activations(prefix, dataset, preprocess, runtime, device, check) if prefix is not None else None
+    acts = (_prefix_activations(prefix, dataset, preprocess, runtime, device, check, splits)
+            if prefix is not None else None)
     if prefix is not None and acts is not None:
         with prefix.removed() as rest:
-            yield TrialInputs("prefix", rest, loader(acts["train"], "train"), loader(acts["val"], "val"), False)
+            yield TrialInputs("prefix", rest, loader(acts, "train"), loader(acts, "val"), False)
         return
     workers = loader_workers(device, runtime.loader_workers)
     train = split_images(dataset, "train", preprocess, runtime, augment=augment, in_main_process=workers == 0,
                          check=check)
-    val = split_images(dataset, "val", preprocess, runtime, augment=False, workers=workers, check=check)
+    val = (image_loader(split_images(dataset, "val", preprocess, runtime, augment=False, workers=workers, check=check),
+                        preprocess, batch_size, shuffle=False, seed=seed, device=device) if validate else None)
     yield TrialInputs("images", net,
                       image_loader(train, preprocess, batch_size, shuffle=True, seed=seed, device=device,
-                                   workers=workers),
-                      image_loader(val, preprocess, batch_size, shuffle=False, seed=seed, device=device), augment)
+                                   workers=workers), val, augment)
 
 
 def _extract(fn: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, preprocess: Preprocess,
-             runtime: Runtime, device: torch.device, check: Callable[[], None]) -> dict[str, torch.Tensor]:
+             runtime: Runtime, device: torch.device, check: Callable[[], None],
+             splits: tuple[str, ...]) -> dict[str, torch.Tensor]:
     batch = runtime.batch_for_inference(device, 32)
 
     def run(x: torch.Tensor) -> torch.Tensor:  # as the training loop runs it
@@ -136,14 +142,14 @@ def _extract(fn: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, 
     return {split: run_batched(run, split_images(dataset, split, preprocess, runtime, augment=False, workers=workers,
                                                  check=check),
                                batch, device=device, preprocess=preprocess, check=check)
-            for split in ("train", "val")}
+            for split in splits}
 
 
 def _features(net: TransferNet, dataset: ImageDataset, preprocess: Preprocess, runtime: Runtime,
-              device: torch.device, check: Callable[[], None]) -> dict[str, torch.Tensor]:
-    """Pooled features ``(N, D)`` of train and val: memory, then disk, then computed (and stored)."""
+              device: torch.device, check: Callable[[], None], splits: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Pooled features ``(N, D)`` of ``splits``: memory, then disk, then computed (and stored)."""
     key = fingerprint("features", weights_fingerprint(net.backbone), preprocess.key, preprocess.mean,
-                      preprocess.std, split_fingerprint(dataset, "train"), split_fingerprint(dataset, "val"),
+                      preprocess.std, *(split_fingerprint(dataset, split) for split in splits),
                       device.type, runtime.use_amp(device), runtime.channels_last)
     memory = runtime.memory()
     cached = memory.get(key)
@@ -152,9 +158,9 @@ def _features(net: TransferNet, dataset: ImageDataset, preprocess: Preprocess, r
     name = str(getattr(net.backbone, "pretrained_cfg", {}).get("architecture", type(net.backbone).__name__))
     store = FeatureStore(Path(runtime.cache_dir) / "features") if runtime.cache_dir is not None else None
     loaded = store.load(name, key) if store is not None else None
-    if loaded is None or set(loaded) != {"train", "val"}:
+    if loaded is None or set(loaded) != set(splits):
         net.eval()
-        loaded = _extract(net.features, dataset, preprocess, runtime, device, check)
+        loaded = _extract(net.features, dataset, preprocess, runtime, device, check, splits)
         if store is not None:
             path = store.save(name, key, loaded, {"backbone": name, "dataset": dataset.name})
             logger.info("Cached %s features of %d images in %s", name, sum(len(t) for t in loaded.values()), path)
@@ -163,17 +169,18 @@ def _features(net: TransferNet, dataset: ImageDataset, preprocess: Preprocess, r
 
 
 def _prefix_activations(prefix: FrozenPrefix, dataset: ImageDataset, preprocess: Preprocess, runtime: Runtime,
-                        device: torch.device, check: Callable[[], None]) -> dict[str, torch.Tensor] | None:
-    """The prefix's output for train and val, if the split is proven and they fit the memory cache."""
+                        device: torch.device, check: Callable[[], None],
+                        splits: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+    """The prefix's output for ``splits``, if the split is proven and they fit the memory cache."""
     key = fingerprint("prefix", weights_fingerprint(prefix.net.backbone), prefix.n_modules, preprocess.key,
-                      preprocess.mean, preprocess.std, split_fingerprint(dataset, "train"),
-                      split_fingerprint(dataset, "val"), device.type, runtime.use_amp(device), runtime.channels_last)
+                      preprocess.mean, preprocess.std, *(split_fingerprint(dataset, split) for split in splits),
+                      device.type, runtime.use_amp(device), runtime.channels_last)
     memory = runtime.memory()
     cached = memory.get(key)
     if cached is not None:
         return dict(cached)
-    val = split_images(dataset, "val", preprocess, runtime, augment=False, check=check)
-    probe, _ = next(iter(image_loader(val, preprocess, 2, shuffle=False, seed=0, device=device)))
+    first = split_images(dataset, splits[-1], preprocess, runtime, augment=False, check=check)
+    probe, _ = next(iter(image_loader(first, preprocess, 2, shuffle=False, seed=0, device=device)))
     proof = fingerprint(key, "proof")
     if proof not in _VERIFIED:
         _VERIFIED[proof] = prefix.verify(probe)
@@ -181,11 +188,11 @@ def _prefix_activations(prefix: FrozenPrefix, dataset: ImageDataset, preprocess:
         return None
     with torch.inference_mode():
         per_image = prefix.forward(probe[:1]).numel() * 4
-    n_images = len(dataset.splits["train"]) + len(dataset.splits["val"])
+    n_images = sum(len(dataset.splits[split]) for split in splits)
     if not memory.fits(per_image * n_images):
         logger.info("Frozen-prefix activations (%.0f MiB) exceed --cache-mb %.0f; training on images.",
                     per_image * n_images / 2**20, runtime.cache_mb)
         return None
-    acts = _extract(prefix.forward, dataset, preprocess, runtime, device, check)
+    acts = _extract(prefix.forward, dataset, preprocess, runtime, device, check, splits)
     memory.put(key, acts)
     return acts

@@ -33,7 +33,9 @@ from .errors import ConfigError, describe
 
 __all__ = [
     "CONFIG_ATTR",
+    "DATA_ATTR",
     "EXCLUDED_ATTR",
+    "REFIT_ATTR",
     "RUN_ATTR_PREFIX",
     "SPLIT_ATTR",
     "TEST_ATTR",
@@ -52,6 +54,8 @@ __all__ = [
 CONFIG_ATTR = "autotransfer.config"  # dataset, split method, space, budget, baseline
 SPLIT_ATTR = "autotransfer.split"  # {"train"|"val"|"test": [[key, label], ...]}
 TEST_ATTR = "autotransfer.test"  # {"trial", "metrics", "predictions"} of the final pick on test
+DATA_ATTR = "autotransfer.data"  # {"root", "seed", "hflip", "zoo"}: where a refit finds the images and weights
+REFIT_ATTR = "autotransfer.refit"  # the latest refit: {"trial", "eval_split", "metrics", "predictions", ...}
 EXCLUDED_ATTR = "autotransfer.excluded"  # [[path, reason], ...] of undecodable files
 RUN_ATTR_PREFIX = "autotransfer.run."  # + "HOST.PID": {"started", "timeout", "n_trials", "workers"}
 

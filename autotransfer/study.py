@@ -13,7 +13,7 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
@@ -29,10 +29,22 @@ from .recovery import finished_trials, reclaim_stale_trials, record_run
 from .report import OutputWriter
 from .samplers import PRUNERS, make_pruner, make_sampler
 from .search_space import SearchSpace, Strategy, load_search_space
-from .storage import CONFIG_ATTR, EXCLUDED_ATTR, SPLIT_ATTR, check_workers, default_storage, make_storage
+from .storage import (
+    CONFIG_ATTR,
+    DATA_ATTR,
+    EXCLUDED_ATTR,
+    SPLIT_ATTR,
+    check_workers,
+    default_storage,
+    load_existing_study,
+    make_storage,
+)
 from .trainer import Budget, resolve_device
 from .workers import WorkerJob, run_worker, run_workers
 from .zoo import Zoo, check_backbones, load_zoo
+
+if TYPE_CHECKING:
+    from .model import TransferModel
 
 __all__ = [
     "PRUNERS",
@@ -115,12 +127,55 @@ class SearchResult:
         study: The Optuna study.
         dataset: The dataset searched on (None when loaded from storage alone).
         out: Folder holding ``leaderboard.csv`` and ``report.html``, if any.
+        zoo: The local zoo the search used (None: ``$AUTOTRANSFER_ZOO``, then the zoo the study recorded).
+        device: The device the search ran on, used by :meth:`refit` by default.
+        runtime: The search's caches and accelerator settings, reused by :meth:`refit`.
     """
 
     study: optuna.Study
     dataset: ImageDataset | None = None
     out: Path | None = None
     _metric: str = field(default="accuracy", repr=False)
+    zoo: Zoo | None = None
+    device: str = "auto"
+    runtime: Runtime | None = None
+
+    @classmethod
+    def from_storage(cls, storage: str, study_name: str | None = None) -> SearchResult:
+        """The result of a search stored earlier (by the command line, another process or host).
+
+        Args:
+            storage: ``sqlite:///OUT/study.db``, a journal file path, or a database server URL.
+            study_name: May be omitted when the storage holds one study.
+
+        Raises:
+            ConfigError: The storage or study does not exist (the message lists the names it holds).
+        """
+        study = load_existing_study(storage, study_name)
+        metric = str(study.user_attrs.get(CONFIG_ATTR, {}).get("budget", {}).get("metric", "accuracy"))
+        return cls(study, _metric=metric)
+
+    def refit(self, *, trial: int | None = None, epochs: int | None = None, train_on: str = "auto",
+              device: str | None = None) -> TransferModel:
+        """Retrain the best strategy (or trial ``trial``'s) on train+val with the full budget and test it once.
+
+        See :func:`autotransfer.refit` for the details; the held-out figures are stored in the
+        study for the report.
+
+        Args:
+            trial: Trial number; None: the best trial.
+            epochs: Epochs; None: the search's budget.
+            train_on: ``"auto"`` (train+val when there is a test split, else train, judged on val),
+                ``"train"`` or ``"train+val"``.
+            device: Default: the search's device.
+
+        Returns:
+            The trained :class:`~autotransfer.model.TransferModel` (``.predict``, ``.save``).
+        """
+        from .refit import refit  # PyTorch-heavy: loaded when used
+
+        return refit(self.study, trial=trial, epochs=epochs, train_on=train_on, dataset=self.dataset, zoo=self.zoo,
+                     device=device or self.device, runtime=self.runtime)
 
     @property
     def leaderboard(self) -> pd.DataFrame:
@@ -263,12 +318,14 @@ def search(
                        study_config(dataset, search_space, budget, recipe), sampler=sampler, pruner=pruner_obj,
                        split=dataset.split_record())
     study.set_user_attr(EXCLUDED_ATTR, [list(item) for item in dataset.excluded])
+    study.set_user_attr(DATA_ATTR, {"root": dataset.root, "seed": seed,
+                                    "zoo": str(local_zoo.path) if local_zoo.path else None})
     reclaim_stale_trials(study)
     job = WorkerJob(dataset, _with_baseline(study, search_space), budget, local_zoo, device, seed, pruner, storage,
                     study.study_name, n_trials, timeout, trial_timeout, heartbeat_interval,
                     len(study.get_trials(deepcopy=False)), out_dir, report_every, on_epoch, callbacks, runtime)
     _run(job, study, workers)
-    return SearchResult(study, dataset, out_dir, metric)
+    return SearchResult(study, dataset, out_dir, metric, local_zoo, device, runtime)
 
 
 def _run(job: WorkerJob, study: optuna.Study, workers: int) -> None:

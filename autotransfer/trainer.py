@@ -32,8 +32,8 @@ from .inputs import Preprocess, Runtime, image_loader, split_images
 from .plan import TrialInputs, prepare_inputs
 from .transfer import TransferNet
 
-__all__ = ["METRICS", "Budget", "TrainResult", "evaluate", "evaluate_split", "fit", "make_transforms", "predict_labels",
-           "resolve_device"]
+__all__ = ["METRICS", "Budget", "TrainResult", "classification_metrics", "evaluate", "evaluate_split", "fit",
+           "make_transforms", "predict_labels", "resolve_device"]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 EpochCallback = Callable[[int, dict[str, float]], bool]
@@ -84,6 +84,7 @@ class TrainResult:
         inputs: What it trained on: ``"features"``, ``"prefix"`` or ``"images"`` (:mod:`autotransfer.plan`).
         train_seconds: Seconds in training steps (all epochs).
         eval_seconds: Seconds in validation passes (all epochs).
+        train_loss: Mean training cross-entropy of each epoch run.
     """
 
     metrics: dict[str, float]
@@ -95,6 +96,7 @@ class TrainResult:
     inputs: str = "images"
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    train_loss: list[float] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -174,7 +176,8 @@ def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, runtime: R
     return runtime.run(model, x, device).float()
 
 
-def _metrics(y_true: np.ndarray, y_pred: np.ndarray, loss: float) -> dict[str, float]:
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, loss: float) -> dict[str, float]:
+    """Accuracy, balanced accuracy and macro-F1 (scikit-learn) of class indices ``(N,)``, with the mean ``loss``."""
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
@@ -195,7 +198,7 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
     Returns:
         ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (scikit-learn) and mean cross-entropy ``loss``.
     """
-    return _metrics(*predict_labels(model, loader, device))
+    return classification_metrics(*predict_labels(model, loader, device))
 
 
 def evaluate_split(model: nn.Module, dataset: ImageDataset, data_config: dict[str, Any], split: str, *,
@@ -226,7 +229,7 @@ def evaluate_split(model: nn.Module, dataset: ImageDataset, data_config: dict[st
     images = split_images(dataset, split, preprocess, runtime, augment=False)
     loader = image_loader(images, preprocess, batch_size, shuffle=False, seed=0, device=device)
     y_true, y_pred, loss = predict_labels(model, loader, device, runtime=runtime)
-    return _metrics(y_true, y_pred, loss), [int(p) for p in y_pred]
+    return classification_metrics(y_true, y_pred, loss), [int(p) for p in y_pred]
 
 
 def seed_everything(seed: int) -> None:
@@ -249,6 +252,7 @@ def fit(
     hflip: bool = True,
     deadline: float | None = None,
     runtime: Runtime | None = None,
+    validate: bool = True,
 ) -> TrainResult:
     """Train ``model`` on the train split for up to ``budget.epochs`` epochs.
 
@@ -271,6 +275,9 @@ def fit(
             caches in memory only, channels-last, bf16 autocast on CUDA). What the trial trains on
             (cached features, cached frozen-prefix activations or images) is chosen by
             :func:`~autotransfer.plan.prepare_inputs`; the result does not depend on it.
+        validate: Evaluate on val after every epoch. False (a refit, which trains on train+val)
+            runs all ``budget.epochs`` without evaluating or calling ``on_epoch``; the result's
+            ``metrics``, ``history`` and ``predictions`` are then empty.
 
     Returns:
         The :class:`TrainResult`.
@@ -293,8 +300,10 @@ def fit(
     stop_reason = "completed"
     y_pred = np.zeros(0, dtype=np.int64)
     train_seconds = eval_seconds = 0.0
+    train_loss: list[float] = []
     with prepare_inputs(model, dataset, data_config, budget.batch_size, seed=seed, device=device,
-                        runtime=runtime, hflip=hflip, check=lambda: _check_stop(deadline, 1)) as inputs:
+                        runtime=runtime, hflip=hflip, check=lambda: _check_stop(deadline, 1),
+                        validate=validate) as inputs:
         trained: Any = torch.compile(inputs.module) if runtime.compile else inputs.module
         optimizer = timm.optim.create_optimizer_v2(inputs.module, opt="adamw", lr=learning_rate,
                                                    weight_decay=budget.weight_decay)
@@ -306,18 +315,20 @@ def fit(
                 _check_stop(deadline, epoch)
 
             tick = time.perf_counter()
-            _train_epoch(trained, inputs, optimizer, scheduler, epoch, device, runtime, check)
+            train_loss.append(_train_epoch(trained, inputs, optimizer, scheduler, epoch, device, runtime, check))
             _synchronize(device)
             train_seconds += time.perf_counter() - tick
+            if inputs.val is None:
+                continue
             tick = time.perf_counter()
             y_true, y_pred, loss = predict_labels(trained, inputs.val, device, check=check, runtime=runtime)
             eval_seconds += time.perf_counter() - tick
-            history.append(_metrics(y_true, y_pred, loss))
+            history.append(classification_metrics(y_true, y_pred, loss))
             if on_epoch is not None and on_epoch(epoch, history[-1]) and epoch < budget.epochs:
                 stop_reason = f"pruned at epoch {epoch}"
                 break
-    return TrainResult(history[-1], len(history), time.perf_counter() - start, stop_reason, history,
-                       [int(p) for p in y_pred], inputs.mode, train_seconds, eval_seconds)
+    return TrainResult(history[-1] if history else {}, len(train_loss), time.perf_counter() - start, stop_reason,
+                       history, [int(p) for p in y_pred], inputs.mode, train_seconds, eval_seconds, train_loss)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -332,10 +343,11 @@ def _check_stop(deadline: float | None, epoch: int) -> None:
 
 
 def _train_epoch(model: nn.Module, inputs: TrialInputs, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 epoch: int, device: torch.device, runtime: Runtime, check: Callable[[], None]) -> None:
-    """One pass over the train batches; each batch's gradient is accumulated over micro-batches."""
+                 epoch: int, device: torch.device, runtime: Runtime, check: Callable[[], None]) -> float:
+    """One pass over the train batches (each batch's gradient accumulated over micro-batches); the mean loss."""
     model.train()
     updates = (epoch - 1) * len(inputs.train)
+    loss_sum, n_images = 0.0, 0
     for step, (x, y) in enumerate(inputs.train, start=1):
         check()
         optimizer.zero_grad(set_to_none=True)
@@ -347,8 +359,11 @@ def _train_epoch(model: nn.Module, inputs: TrialInputs, optimizer: torch.optim.O
             loss = loss * (len(ys) / len(y))
             loss.backward()
             total += loss.detach()
-        if not torch.isfinite(total):
-            raise TrialFailed(f"diverged: loss is {total.item()} at epoch {epoch} step {step}")
+        batch_loss = float(total)  # one device sync per step, which the finiteness check needs anyway
+        if not math.isfinite(batch_loss):
+            raise TrialFailed(f"diverged: loss is {batch_loss} at epoch {epoch} step {step}")
+        loss_sum, n_images = loss_sum + batch_loss * len(y), n_images + len(y)
         optimizer.step()
         updates += 1
         scheduler.step_update(num_updates=updates)
+    return loss_sum / max(1, n_images)

@@ -58,6 +58,22 @@ def test_cached_and_uncached_training_give_the_same_metrics(digits_subset, freez
         assert [h["loss"] for h in run.history] == pytest.approx([h["loss"] for h in uncached.history], rel=1e-5)
 
 
+
+@pytest.mark.parametrize(("freeze", "mode"), [(1.0, "features"), (0.5, "prefix"), (0.0, "images")])
+def test_training_without_validation_trains_the_same_weights(digits_subset, freeze: float,  # type: ignore[no-untyped-def]
+                                                             mode: str) -> None:
+    """A refit trains with validate=False (its val images are in train): no val pass, the same training."""
+    weights = []
+    for validate in (True, False):
+        torch.manual_seed(0)
+        net = _net("test_resnet", freeze)
+        result = fit(net, digits_subset, CONFIG, Budget(epochs=2, batch_size=32), 1e-2, seed=0, device=CPU,
+                     hflip=False, runtime=Runtime(), validate=validate)
+        assert result.inputs == mode and result.epochs_run == 2 and len(result.train_loss) == 2
+        assert (result.metrics, result.history, result.predictions) == ({}, [], []) or validate
+        weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
 @needs_shared
 def test_real_backbone_linear_probe_is_the_same_with_the_feature_cache(tiny_hymenoptera: Path) -> None:
     dataset = load_dataset(tiny_hymenoptera)

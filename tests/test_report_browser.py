@@ -18,6 +18,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from autotransfer import search
+from autotransfer.cli import main
 from tests.conftest import HYMENOPTERA, ZOO_FILE, needs_shared
 from tests.test_report import EVIL, SECTIONS
 
@@ -131,8 +132,12 @@ def test_a_hostile_class_name_is_shown_as_text_and_runs_nothing(tmp_path: Path, 
                                                                 request: pytest.FixtureRequest) -> None:
     data = _evil_digits(tmp_path / "data")
     search(data, space=tiny_space, n_trials=3, epochs=1, zoo=test_model_zoo, out=tmp_path / "out", device="cpu")
+    # the refit's per-class table and confusion matrix name the classes too (the command rewrites the report)
+    assert main(["refit", "--storage", f"sqlite:///{tmp_path / 'out' / 'study.db'}", "--out", str(tmp_path / "m"),
+                 "--zoo", str(test_model_zoo), "--device", "cpu"]) == 0
     report = tmp_path / "out" / "report.html"
     html = report.read_text()
+    assert "Test figures of the refit model" in html
     assert EVIL not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     chromium = request.getfixturevalue("browser")  # skips here, after the HTML checks, without Chromium
     opened = open_report(chromium, report)
@@ -140,8 +145,8 @@ def test_a_hostile_class_name_is_shown_as_text_and_runs_nothing(tmp_path: Path, 
     assert opened.dialogs == [] and opened.requests == [] and opened.console == []
     assert page.locator("img").count() == 0
     assert EVIL in page.locator("body").inner_text()  # shown as text in the tables
-    ticks = page.locator("#fig-confusion_val .xtick text").all_text_contents()
-    assert EVIL in ticks  # and as text in the plotly confusion matrix
+    for figure in ("confusion_val", "confusion_refit"):  # and as text in the plotly confusion matrices
+        assert EVIL in page.locator(f"#fig-{figure} .xtick text").all_text_contents()
     shots = ARTIFACTS / "report-hostile-class-name"
     shots.mkdir(parents=True, exist_ok=True)
     page.locator("section#best-trial").screenshot(path=str(shots / "best-trial.png"))

@@ -22,7 +22,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from ..leaderboard import leaderboard
-from ..storage import CONFIG_ATTR, EXCLUDED_ATTR, SPLIT_ATTR, TEST_ATTR, stop_reason
+from ..storage import CONFIG_ATTR, EXCLUDED_ATTR, REFIT_ATTR, SPLIT_ATTR, TEST_ATTR, stop_reason
 
 __all__ = ["Evidence", "collect", "family_ranking", "learning_curves", "pareto_front", "per_class_metrics",
            "snapshot"]
@@ -65,6 +65,12 @@ class Evidence:
         if record is None or self.best is None or record.get("trial") != self.best.number:
             return None
         return dict(record)
+
+    @property
+    def refit(self) -> dict[str, Any] | None:
+        """The latest refit (``autotransfer refit``): trial, training, held-out split, metrics, predictions."""
+        record = self.study.user_attrs.get(REFIT_ATTR)
+        return dict(record) if isinstance(record, dict) else None
 
     @property
     def excluded(self) -> list[list[str]]:

@@ -10,8 +10,6 @@ shown as text. Files are written through a temporary file in the same folder and
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -27,6 +25,7 @@ from optuna.trial import FrozenTrial
 from plotly.offline import get_plotlyjs
 
 from .._version import __version__
+from ..files import atomic_write_text
 from ..leaderboard import leaderboard
 from ..storage import SPLIT_ATTR
 from .evidence import (
@@ -88,27 +87,6 @@ def _plotly_js() -> markupsafe.Markup:
     return markupsafe.Markup(get_plotlyjs())
 
 
-def _file_mode() -> int:
-    """The mode ``open()`` would give a new file under the current umask (mkstemp uses 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def render_report(study: optuna.Study | Evidence) -> str:
     """Render the HTML report of a study from its storage.
 
@@ -142,6 +120,7 @@ def render_report(study: optuna.Study | Evidence) -> str:
     add("cost_params", cost_figure(ev.board, "trainable_params", "trainable parameters", ev.metric),
         "No complete trial yet.")
     best_val, best_test = _best_trial_sections(ev, add)
+    refit = _refit_section(ev, add)
     board = ev.board.rename(columns=_LEADERBOARD)
     return _ENV.get_template("report.html.j2").render(
         study_name=study.study_name, version=__version__, optuna_version=optuna.__version__,
@@ -152,7 +131,7 @@ def render_report(study: optuna.Study | Evidence) -> str:
         columns=list(_LEADERBOARD.values()), rows=_records(board, list(_LEADERBOARD.values())),
         baseline_flags=ev.board["baseline"].fillna(False).astype(bool).tolist(),
         best_number=ev.best.number if ev.best else None, importance_evaluator=IMPORTANCE_EVALUATOR,
-        best_val=best_val, best_test=best_test, baseline=baseline_comparison(ev),
+        best_val=best_val, best_test=best_test, refit=refit, baseline=baseline_comparison(ev),
         excluded=ev.excluded, figures=figures, notes=notes, plotly_js=_plotly_js(),
     )
 
@@ -167,7 +146,7 @@ def _best_trial_sections(ev: Evidence, add: Any) -> tuple[dict[str, Any] | None,
     """Section 7: per-class val metrics and confusion of the best trial; test only for the final pick."""
     if ev.best is None:
         return None, None
-    val = _per_class(ev, ev.best, ev.val_labels, ev.predictions.get(ev.best.number), "val")
+    val = _per_class(ev, ev.best, ev.val_labels, ev.predictions.get(ev.best.number), "val split")
     if val is not None:
         add("confusion_val", val.pop("figure"))
     test = ev.test
@@ -175,11 +154,28 @@ def _best_trial_sections(ev: Evidence, add: Any) -> tuple[dict[str, Any] | None,
     if test is not None:
         split = ev.study.user_attrs.get(SPLIT_ATTR, {})
         labels = [int(label) for _, label in split.get("test", [])]
-        test_section = _per_class(ev, ev.best, labels, test.get("predictions"), "test") or {}
+        test_section = _per_class(ev, ev.best, labels, test.get("predictions"), "test split") or {}
         if "figure" in test_section:
             add("confusion_test", test_section.pop("figure"))
         test_section["metrics"] = test.get("metrics", {})
     return val, test_section
+
+
+def _refit_section(ev: Evidence, add: Any) -> dict[str, Any] | None:
+    """The latest refit's held-out figures (per class when its predictions were stored)."""
+    record = ev.refit
+    if record is None:
+        return None
+    split_name = record.get("eval_split")
+    labels = [int(label) for _, label in ev.study.user_attrs.get(SPLIT_ATTR, {}).get(split_name or "", [])]
+    trial = next((t for t in ev.trials if t.number == record.get("trial")), None)
+    section = (_per_class(ev, trial, labels, record.get("predictions"), f"{split_name} split, refit on "
+                          f"{record.get('train_on')}") if trial else None)
+    section = section or {}
+    if "figure" in section:
+        add("confusion_refit", section.pop("figure"))
+    is_best = ev.best is not None and ev.best.number == record.get("trial")
+    return {**record, **section, "is_best": is_best}
 
 
 def _per_class(ev: Evidence, trial: FrozenTrial, labels: list[int], predictions: list[int] | None,
@@ -187,7 +183,7 @@ def _per_class(ev: Evidence, trial: FrozenTrial, labels: list[int], predictions:
     if not labels or predictions is None or len(predictions) != len(labels) or not ev.classes:
         return None
     table, matrix = per_class_metrics(ev.classes, labels, predictions)
-    title = f"Confusion matrix, {split} split, trial {trial.number}"
+    title = f"Confusion matrix, {split}, trial {trial.number}"
     return {"rows": table.to_dict(orient="records"), "n": len(labels),
             "figure": confusion_figure(ev.classes, matrix, title)}
 
