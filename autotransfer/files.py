@@ -40,10 +40,10 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        os.fchmod(fd, _file_mode())
-        os.close(fd)
         write(tmp)
+        os.chmod(tmp, _file_mode())  # after writing: a writer may recreate the file (safetensors does)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -206,7 +206,7 @@ class TransferModel:
                                        "arrays", f"{x.dtype} tensor of shape {tuple(x.shape)}"))
         return x.float()
 
-    def describe(self) -> dict[str, Any]:
+    def metadata(self) -> dict[str, Any]:
         """Everything ``model.json`` records except the weights' checksum (JSON-serialisable)."""
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -231,7 +231,7 @@ class TransferModel:
         out = Path(directory)
         state = self.net.state_dict()
         weights = save_safetensors(out / WEIGHTS_FILE, state, {"format": FORMAT})
-        record = {**self.describe(),
+        record = {**self.metadata(),
                   "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights), "n_tensors": len(state)},
                   "saved": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
         atomic_write_text(out / CONFIG_FILE, json.dumps(record, indent=2) + "\n")

@@ -14,6 +14,7 @@ import pandas as pd
 from .data import IMAGE_EXTENSIONS, decode_error
 from .errors import DataError, describe
 from .files import atomic_write_text
+from .inputs import Runtime
 from .model import load_model
 from .refit import refit
 from .report import write_report
@@ -26,8 +27,10 @@ __all__ = ["image_files", "predict_command", "predictions_table", "refit_command
 def refit_command(args: argparse.Namespace) -> int:
     """``autotransfer refit``: refit, save the model, refresh the report beside the storage; exit status 0."""
     study = load_existing_study(args.storage, args.study_name)
+    storage_file = Path(args.storage) if storage_kind(args.storage) == "journal" else sqlite_path(args.storage)
+    runtime = Runtime(cache_dir=storage_file.parent / "cache") if storage_file is not None else None  # the search's
     model = refit(study, trial=args.trial, epochs=args.epochs, train_on=args.train_on, data=args.data, zoo=args.zoo,
-                  device=args.device)
+                  device=args.device, runtime=runtime)
     model.save(args.out)
     info = model.training
     print(f"Refit trial {info['trial']} ({model.strategy['backbone']}, freeze depth {model.strategy['freeze_depth']}, "
@@ -42,7 +45,6 @@ def refit_command(args: argparse.Namespace) -> int:
     if "test" not in model.metrics and "val" not in model.metrics:
         print("No held-out images: trained on train+val of a dataset without a test split.")
     print(f"Saved the model to {args.out}")
-    storage_file = Path(args.storage) if storage_kind(args.storage) == "journal" else sqlite_path(args.storage)
     if storage_file is not None and (storage_file.parent / "report.html").is_file():
         write_report(study, storage_file.parent / "report.html")
         print(f"Updated {storage_file.parent / 'report.html'} with the refit's figures.")

@@ -26,7 +26,7 @@ def to_unit_range(images: np.ndarray) -> np.ndarray:
     return images / 16.0
 
 
-def main(n_images: int = 300, n_trials: int = 3, epochs: int = 1, cv: int = 3) -> None:
+def main(n_images: int = 500, n_trials: int = 4, epochs: int = 3, cv: int = 3) -> None:
     digits = load_digits()
     X, y = digits.images[:n_images], digits.target[:n_images]  # X: (N, 8, 8)
     classifier = TransferClassifier(space="demo", n_trials=n_trials, epochs=epochs, seed=0, baseline=False)

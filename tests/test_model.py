@@ -83,6 +83,9 @@ def test_save_then_load_gives_identical_predictions_without_pickle(tmp_path: Pat
     model = _model()
     model.save(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    (tmp_path / "plain").write_text("")  # both files get the mode open() gives under this umask
+    assert {(tmp_path / "m" / n).stat().st_mode for n in (CONFIG_FILE, WEIGHTS_FILE)} == {
+        (tmp_path / "plain").stat().st_mode}
     record = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
     assert record["backbone"] == {"name": "test_resnet.local", "architecture": "test_resnet", "model_kwargs": {},
                                   "source": "zoo"}
