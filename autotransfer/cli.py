@@ -23,7 +23,7 @@ from .errors import AutotransferError
 from .report import write_report
 from .samplers import PRUNERS
 from .status import format_status, study_status
-from .storage import load_existing_study, sqlite_path, stop_reason, storage_kind
+from .storage import load_existing_study, stop_reason, storage_file
 
 if TYPE_CHECKING:
     from .study import SearchResult
@@ -206,7 +206,7 @@ def _read_only(args: argparse.Namespace) -> int:
     if args.command == "status":
         print(format_status(study_status(study)))
         return 0
-    db = Path(args.storage) if storage_kind(args.storage) == "journal" else sqlite_path(args.storage)
+    db = storage_file(args.storage)
     out = args.out or (db.parent / "report.html" if db is not None else Path("reports") / study.study_name
                        / "report.html")
     write_report(study, out)

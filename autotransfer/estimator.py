@@ -130,7 +130,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, float32 array of shape ``(n_samples, n_classes)`` (columns follow ``classes_``)."""
         check_is_fitted(self, "model_")
-        return self.model_.predict_proba(as_image_list(X))
+        return self.model_.predict_proba(X)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted labels, shape ``(n_samples,)``, with the dtype of ``y``."""

@@ -21,7 +21,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
-from .data import ImageDataset, stratified_split
+from .data import ImageDataset, decode_error, stratified_split
 from .errors import DataError, describe
 
 __all__ = ["ImageLike", "as_image_list", "images_dataset", "to_pil"]
@@ -146,11 +146,9 @@ def _materialise(items: list[Any], folder: Path) -> list[Path]:
     for index, item in enumerate(items):
         if isinstance(item, (str, os.PathLike)):
             path = Path(item).expanduser().resolve()
-            try:
-                with Image.open(path) as img:
-                    img.load()
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-                unreadable.append(f"{index}: {path}: {type(err).__name__}: {err}")
+            reason = decode_error(path)  # decoded once here, as the dataset scan does
+            if reason:
+                unreadable.append(f"{index}: {path}: {reason}")
             paths.append(path)
             continue
         image = to_pil(item, index)

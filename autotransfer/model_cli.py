@@ -18,7 +18,7 @@ from .inputs import Runtime
 from .model import load_model
 from .refit import refit
 from .report import write_report
-from .storage import load_existing_study, sqlite_path, storage_kind
+from .storage import load_existing_study, storage_file
 from .trainer import resolve_device
 
 __all__ = ["image_files", "predict_command", "predictions_table", "refit_command"]
@@ -27,8 +27,8 @@ __all__ = ["image_files", "predict_command", "predictions_table", "refit_command
 def refit_command(args: argparse.Namespace) -> int:
     """``autotransfer refit``: refit, save the model, refresh the report beside the storage; exit status 0."""
     study = load_existing_study(args.storage, args.study_name)
-    storage_file = Path(args.storage) if storage_kind(args.storage) == "journal" else sqlite_path(args.storage)
-    runtime = Runtime(cache_dir=storage_file.parent / "cache") if storage_file is not None else None  # the search's
+    folder = storage_file(args.storage)
+    runtime = Runtime(cache_dir=folder.parent / "cache") if folder is not None else None  # the search's cache
     model = refit(study, trial=args.trial, epochs=args.epochs, train_on=args.train_on, data=args.data, zoo=args.zoo,
                   device=args.device, runtime=runtime)
     model.save(args.out)
@@ -45,9 +45,9 @@ def refit_command(args: argparse.Namespace) -> int:
     if "test" not in model.metrics and "val" not in model.metrics:
         print("No held-out images: trained on train+val of a dataset without a test split.")
     print(f"Saved the model to {args.out}")
-    if storage_file is not None and (storage_file.parent / "report.html").is_file():
-        write_report(study, storage_file.parent / "report.html")
-        print(f"Updated {storage_file.parent / 'report.html'} with the refit's figures.")
+    if folder is not None and (folder.parent / "report.html").is_file():
+        write_report(study, folder.parent / "report.html")
+        print(f"Updated {folder.parent / 'report.html'} with the refit's figures.")
     return 0
 
 

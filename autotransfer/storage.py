@@ -47,6 +47,7 @@ __all__ = [
     "sqlite_path",
     "stale_retry_callback",
     "stop_reason",
+    "storage_file",
     "storage_kind",
 ]
 
@@ -102,6 +103,11 @@ def sqlite_path(url: str) -> Path | None:
     if not url.startswith(prefix) or url[len(prefix):] in ("", ":memory:"):
         return None
     return Path(url[len(prefix):])
+
+
+def storage_file(url: str) -> Path | None:
+    """The file a storage lives in: a journal file's path or a SQLite database's; None for servers."""
+    return Path(url).expanduser() if storage_kind(url) == "journal" else sqlite_path(url)
 
 
 def storage_kind(url: str | None) -> str:
@@ -250,8 +256,7 @@ def load_existing_study(storage: str, study_name: str | None = None) -> optuna.S
         ConfigError: The SQLite or journal file does not exist, the storage cannot be read, or the
             study name is not in it (the message lists the names it holds).
     """
-    kind = storage_kind(storage)
-    path = Path(storage).expanduser() if kind == "journal" else sqlite_path(storage)
+    path = storage_file(storage)
     if path is not None and not path.is_file():
         raise ConfigError(f"The storage {storage!r} names the file {str(path)!r}, which does not exist; "
                           "pass the sqlite:/// URL of an existing study.db or the path of a study.journal.")
