@@ -85,6 +85,10 @@ class TrainResult:
         train_seconds: Seconds in training steps (all epochs).
         eval_seconds: Seconds in validation passes (all epochs).
         train_loss: Mean training cross-entropy of each epoch run.
+        epoch_train_seconds: Seconds in training steps, per epoch run.
+        epoch_eval_seconds: Seconds in the validation pass, per epoch validated.
+        epoch_predictions: Predicted class index of every val image after each epoch validated,
+            in split order (``predictions`` is the last of them).
     """
 
     metrics: dict[str, float]
@@ -97,6 +101,9 @@ class TrainResult:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     train_loss: list[float] = field(default_factory=list)
+    epoch_train_seconds: list[float] = field(default_factory=list)
+    epoch_eval_seconds: list[float] = field(default_factory=list)
+    epoch_predictions: list[list[int]] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -298,9 +305,10 @@ def fit(
         model.to(memory_format=torch.channels_last)
     history: list[dict[str, float]] = []
     stop_reason = "completed"
-    y_pred = np.zeros(0, dtype=np.int64)
-    train_seconds = eval_seconds = 0.0
     train_loss: list[float] = []
+    train_seconds: list[float] = []
+    eval_seconds: list[float] = []
+    predictions: list[list[int]] = []
     with prepare_inputs(model, dataset, data_config, budget.batch_size, seed=seed, device=device,
                         runtime=runtime, hflip=hflip, check=lambda: _check_stop(deadline, 1),
                         validate=validate) as inputs:
@@ -317,18 +325,20 @@ def fit(
             tick = time.perf_counter()
             train_loss.append(_train_epoch(trained, inputs, optimizer, scheduler, epoch, device, runtime, check))
             _synchronize(device)
-            train_seconds += time.perf_counter() - tick
+            train_seconds.append(time.perf_counter() - tick)
             if inputs.val is None:
                 continue
             tick = time.perf_counter()
             y_true, y_pred, loss = predict_labels(trained, inputs.val, device, check=check, runtime=runtime)
-            eval_seconds += time.perf_counter() - tick
+            eval_seconds.append(time.perf_counter() - tick)
+            predictions.append([int(p) for p in y_pred])
             history.append(classification_metrics(y_true, y_pred, loss))
             if on_epoch is not None and on_epoch(epoch, history[-1]) and epoch < budget.epochs:
                 stop_reason = f"pruned at epoch {epoch}"
                 break
     return TrainResult(history[-1] if history else {}, len(train_loss), time.perf_counter() - start, stop_reason,
-                       history, [int(p) for p in y_pred], inputs.mode, train_seconds, eval_seconds, train_loss)
+                       history, predictions[-1] if predictions else [], inputs.mode, sum(train_seconds),
+                       sum(eval_seconds), train_loss, train_seconds, eval_seconds, predictions)
 
 
 def _synchronize(device: torch.device) -> None:
