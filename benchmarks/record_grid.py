@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 import time
 from dataclasses import replace
 from typing import Any
@@ -61,7 +62,8 @@ def record_strategy(dataset: ImageDataset, strategy: tuple[str, float, int, floa
         result = fit(net, scored, data_config, Budget(epochs=grid.epochs, batch_size=grid.batch_size), lr,
                      seed=grid.seed, device=torch.device("cpu"), hflip=dataset.root != DIGITS, runtime=runtime)
     except TrialFailed as err:
-        return [{**base, "epoch": int(err.reason.split("epoch ")[1].split()[0]), "status": "diverged",
+        failed_at = re.search(r"epoch (\d+)", err.reason)  # "diverged: loss is nan at epoch E step S"
+        return [{**base, "epoch": int(failed_at.group(1)) if failed_at else grid.epochs, "status": "diverged",
                  "inputs": "", "setup_seconds": build, "train_seconds": time.perf_counter() - tick - build,
                  "eval_seconds": 0.0, "train_loss": float("nan")}]
     setup = build + result.seconds - result.train_seconds - result.eval_seconds

@@ -86,24 +86,22 @@ class RecordedGrid:
                              f"python -m benchmarks.record_grid --datasets {dataset}")
         self.dataset = dataset
         self.epochs = int(rows["epoch"].max())
-        rows = rows.assign(_group_setup=rows.groupby(["backbone", "freeze_depth"])["setup_seconds"].transform("max"))
         self.curves: dict[Key, Curve] = {}
-        warm_setup = rows[rows["epoch"] == 1].groupby(["backbone", "freeze_depth"])["setup_seconds"].min()
+        setup = rows[rows["epoch"] == 1].groupby(["backbone", "freeze_depth"])["setup_seconds"].agg(["max", "min"])
         epoch_cost = (rows["train_seconds"] + rows["eval_seconds"]).groupby(
             [rows["backbone"], rows["freeze_depth"], rows["head_width"]]).median()
         for _, group in rows.sort_values("epoch").groupby(KEY[1:], sort=True):
             first = group.iloc[0]
             k: Key = (str(first["backbone"]), float(first["freeze_depth"]), int(first["head_width"]),
                       float(first["learning_rate"]))
-            warm = float(warm_setup[(k[0], k[1])])
-            seconds = (float(epoch_cost[k[:3]]),) * len(group)
+            cold, warm = (float(v) for v in setup.loc[(k[0], k[1])])
             if (group["status"] == "diverged").any():
                 spent = float((group["train_seconds"] + group["eval_seconds"]).sum())
-                self.curves[k] = Curve((), (), (spent,), float(group["_group_setup"].iloc[0]), warm, True)
+                self.curves[k] = Curve((), (), (spent,), cold, warm, True)
             else:
                 self.curves[k] = Curve(tuple(group[f"val_{metric}"].astype(float)),
-                                       tuple(group["test_accuracy"].astype(float)), seconds,
-                                       float(group["_group_setup"].iloc[0]), warm)
+                                       tuple(group["test_accuracy"].astype(float)),
+                                       (float(epoch_cost[k[:3]]),) * len(group), cold, warm)
         complete = [c for c in self.curves.values() if not c.diverged and len(c.val) == self.epochs]
         if not complete:
             raise ValueError(f"No strategy of {dataset!r} was recorded for all {self.epochs} epochs")
@@ -128,11 +126,11 @@ class RecordedGrid:
 
     def full_cost(self) -> float:
         """Seconds to train every strategy of the grid for the full budget (a full study), setups included."""
-        groups = {(k[0], k[1]) for k in self.curves}
-        cold = {g: next(c.setup_cold for k, c in self.curves.items() if (k[0], k[1]) == g) for g in groups}
-        warm = sum(c.setup_warm for c in self.curves.values()) - sum(
-            next(c.setup_warm for k, c in self.curves.items() if (k[0], k[1]) == g) for g in groups)
-        return sum(sum(c.seconds) for c in self.curves.values()) + sum(cold.values()) + warm
+        clock = Clock(self)
+        for key, curve in self.curves.items():
+            clock.setup(key)
+            clock.seconds += sum(curve.seconds)
+        return clock.seconds
 
     def family_values(self) -> pd.Series:
         """Best full-budget val metric of each strategy family (backbone x transfer mode x head kind)."""
@@ -267,7 +265,7 @@ def replay_one_epoch(grid: RecordedGrid, seed: int, *, keep: int = 3) -> pd.Data
         The trace, as :func:`replay_study` returns it.
     """
     clock = Clock(grid)
-    keys = [k for k in grid.curves]
+    keys = list(grid.curves)
     values = {name: sorted({k[i] for k in keys}) for i, name in enumerate(KEY[1:])}
     sampler = optuna.samplers.GridSampler(values, seed=seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
