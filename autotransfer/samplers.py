@@ -6,8 +6,9 @@ explicitly, and ``HyperbandPruner`` over epochs (Li et al., 2018, "Hyperband", J
 The settings were chosen by replaying searches against a recorded grid of 144 strategies on three
 datasets (``benchmarks/README.md``, "Search quality"): Hyperband's ``reduction_factor`` is 2, not
 Optuna's 3. With 3, the default search reached within one point of the grid's best val accuracy
-in only 5 of 20 seeds on hymenoptera (a strong strategy dips after epoch 1 and was pruned); with 2,
-in 19 of 20, at no cost on the other two datasets. Five TPE startup trials did as well as ten.
+in only 6 of 20 seeds on hymenoptera (a strong strategy dips after epoch 1 and was pruned); with 2,
+in 20 of 20, within the seed spread on the other two datasets. Five TPE startup trials did as well
+as ten.
 """
 
 from __future__ import annotations

@@ -80,15 +80,12 @@ class TrainResult:
         seconds: Wall-clock seconds of training and evaluation.
         stop_reason: ``"completed"`` or ``"pruned at epoch N"``.
         history: Per-epoch validation metrics, one dict per epoch.
-        predictions: Predicted class index of every val image after the last epoch, in split order.
         inputs: What it trained on: ``"features"``, ``"prefix"`` or ``"images"`` (:mod:`autotransfer.plan`).
-        train_seconds: Seconds in training steps (all epochs).
-        eval_seconds: Seconds in validation passes (all epochs).
         train_loss: Mean training cross-entropy of each epoch run.
         epoch_train_seconds: Seconds in training steps, per epoch run.
         epoch_eval_seconds: Seconds in the validation pass, per epoch validated.
         epoch_predictions: Predicted class index of every val image after each epoch validated,
-            in split order (``predictions`` is the last of them).
+            in split order.
     """
 
     metrics: dict[str, float]
@@ -96,14 +93,26 @@ class TrainResult:
     seconds: float
     stop_reason: str
     history: list[dict[str, float]] = field(default_factory=list)
-    predictions: list[int] = field(default_factory=list)
     inputs: str = "images"
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
     train_loss: list[float] = field(default_factory=list)
     epoch_train_seconds: list[float] = field(default_factory=list)
     epoch_eval_seconds: list[float] = field(default_factory=list)
     epoch_predictions: list[list[int]] = field(default_factory=list)
+
+    @property
+    def predictions(self) -> list[int]:
+        """Predicted class index of every val image after the last epoch, in split order ([] if none)."""
+        return self.epoch_predictions[-1] if self.epoch_predictions else []
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds in training steps (all epochs)."""
+        return sum(self.epoch_train_seconds)
+
+    @property
+    def eval_seconds(self) -> float:
+        """Seconds in validation passes (all epochs)."""
+        return sum(self.epoch_eval_seconds)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -337,8 +346,7 @@ def fit(
                 stop_reason = f"pruned at epoch {epoch}"
                 break
     return TrainResult(history[-1] if history else {}, len(train_loss), time.perf_counter() - start, stop_reason,
-                       history, predictions[-1] if predictions else [], inputs.mode, sum(train_seconds),
-                       sum(eval_seconds), train_loss, train_seconds, eval_seconds, predictions)
+                       history, inputs.mode, train_loss, train_seconds, eval_seconds, predictions)
 
 
 def _synchronize(device: torch.device) -> None:
