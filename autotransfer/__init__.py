@@ -1,12 +1,14 @@
 """autotransfer: find the best transfer-learning strategy for an image-classification dataset.
 
-An Optuna study samples strategies (timm backbone, freeze depth, head width, learning rate),
-trains each on a small budget with pruning, and ranks them in a leaderboard and an HTML report.
-The winner is refit on the full budget (``refit``), exported and loaded (``TransferModel``,
-``load_model``), or all of it runs as a scikit-learn estimator (``TransferClassifier``).
+An Optuna study samples strategies (timm backbone, freeze depth, head width, learning rate and the
+recipe dimensions of :mod:`autotransfer.space.dimensions`), trains each on a small budget with
+pruning, and ranks them in a leaderboard and an HTML report. The winner is refit on the full budget
+(``refit``), exported and loaded (``TransferModel``, ``load_model``), or all of it runs as a
+scikit-learn estimator (``TransferClassifier``).
 
-The public names below load on first use (lazy loading as in the Scientific Python SPEC 1), so
-``autotransfer report`` and other commands that only read a study's storage start without
+The top level holds what a user calls; everything else is importable from its module (see
+``ARCHITECTURE.md``). The names load on first use (lazy loading as in the Scientific Python SPEC 1),
+so ``autotransfer report`` and other commands that only read a study's storage start without
 importing PyTorch.
 """
 
@@ -18,147 +20,67 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 _EXPORTS: dict[str, str] = {
-    "BASELINE_RECIPE": "search_space",
-    "LEADERBOARD_COLUMNS": "leaderboard",
-    "PRUNERS": "samplers",
     "AutotransferError": "errors",
-    "BackboneSpec": "model",
-    "ModelError": "errors",
-    "TransferClassifier": "estimator",
-    "TransferModel": "model",
-    "images_dataset": "images",
-    "load_model": "model",
-    "refit": "refit",
-    "FeatureStore": "cache",
-    "MemoryCache": "cache",
-    "Runtime": "inputs",
-    "TrialInputs": "plan",
-    "prepare_inputs": "plan",
-    "BadImageError": "errors",
-    "Budget": "trainer",
+    "Budget": "settings",
     "ConfigError": "errors",
     "DataError": "errors",
-    "ImageDataset": "data",
     "Interrupted": "interrupt",
-    "LabelledImages": "data",
-    "Objective": "objective",
+    "ModelError": "errors",
+    "Runtime": "inputs",
     "SearchResult": "study",
-    "SearchSpace": "search_space",
-    "Strategy": "search_space",
+    "SearchSettings": "settings",
+    "SearchSpace": "space.search_space",
+    "Strategy": "space.strategy",
     "StudyMismatchError": "errors",
-    "StudyStatus": "status",
-    "TrainResult": "trainer",
+    "TransferClassifier": "estimator",
+    "TransferModel": "model",
     "TransferNet": "transfer",
-    "TrialFailed": "errors",
-    "TrialTimeout": "errors",
     "WeightsNotFoundError": "errors",
-    "Zoo": "zoo",
-    "ZooEntry": "zoo",
-    "block_groups": "transfer",
-    "bundled_spaces": "search_space",
-    "check_backbones": "zoo",
-    "count_parameters": "transfer",
     "create_backbone": "zoo",
-    "evaluate": "trainer",
-    "evaluate_split": "trainer",
-    "feature_dim": "zoo",
-    "finished_trials": "recovery",
     "fit": "trainer",
     "format_status": "status",
-    "freeze_backbone": "transfer",
     "leaderboard": "leaderboard",
     "load_dataset": "data",
     "load_existing_study": "storage",
-    "load_search_space": "search_space",
+    "load_model": "model",
+    "load_search_space": "space.search_space",
     "load_zoo": "zoo",
-    "make_head": "transfer",
-    "make_pruner": "samplers",
-    "make_sampler": "samplers",
-    "make_storage": "storage",
-    "make_transforms": "trainer",
-    "open_study": "study",
-    "predict_labels": "trainer",
-    "render_report": "report",
-    "resolve_device": "trainer",
+    "refit": "refit",
     "search": "study",
-    "stop_reason": "storage",
-    "strategy_family": "search_space",
     "study_status": "status",
-    "trial_seed": "objective",
-    "write_outputs": "report",
     "write_report": "report",
 }
 
 __all__ = [
-    "BASELINE_RECIPE",
-    "LEADERBOARD_COLUMNS",
-    "PRUNERS",
     "AutotransferError",
-    "BackboneSpec",
-    "BadImageError",
     "Budget",
     "ConfigError",
     "DataError",
-    "FeatureStore",
-    "ImageDataset",
     "Interrupted",
-    "LabelledImages",
-    "MemoryCache",
     "ModelError",
-    "Objective",
     "Runtime",
     "SearchResult",
+    "SearchSettings",
     "SearchSpace",
     "Strategy",
     "StudyMismatchError",
-    "StudyStatus",
-    "TrainResult",
     "TransferClassifier",
     "TransferModel",
     "TransferNet",
-    "TrialFailed",
-    "TrialInputs",
-    "TrialTimeout",
     "WeightsNotFoundError",
-    "Zoo",
-    "ZooEntry",
     "__version__",
-    "block_groups",
-    "bundled_spaces",
-    "check_backbones",
-    "count_parameters",
     "create_backbone",
-    "evaluate",
-    "evaluate_split",
-    "feature_dim",
-    "finished_trials",
     "fit",
     "format_status",
-    "freeze_backbone",
-    "images_dataset",
     "leaderboard",
     "load_dataset",
     "load_existing_study",
     "load_model",
     "load_search_space",
     "load_zoo",
-    "make_head",
-    "make_pruner",
-    "make_sampler",
-    "make_storage",
-    "make_transforms",
-    "open_study",
-    "predict_labels",
-    "prepare_inputs",
     "refit",
-    "render_report",
-    "resolve_device",
     "search",
-    "stop_reason",
-    "strategy_family",
     "study_status",
-    "trial_seed",
-    "write_outputs",
     "write_report",
 ]
 
@@ -177,44 +99,21 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .cache import FeatureStore, MemoryCache
-    from .data import ImageDataset, LabelledImages, load_dataset
-    from .errors import (
-        AutotransferError,
-        BadImageError,
-        ConfigError,
-        DataError,
-        ModelError,
-        StudyMismatchError,
-        TrialFailed,
-        TrialTimeout,
-        WeightsNotFoundError,
-    )
+    from .data import load_dataset
+    from .errors import AutotransferError, ConfigError, DataError, ModelError, StudyMismatchError, WeightsNotFoundError
     from .estimator import TransferClassifier
-    from .images import images_dataset
-    from .inputs import Runtime
     from .interrupt import Interrupted
-    from .leaderboard import LEADERBOARD_COLUMNS, leaderboard
-    from .model import BackboneSpec, TransferModel, load_model
-    from .objective import Objective, trial_seed
-    from .plan import TrialInputs, prepare_inputs
-    from .recovery import finished_trials
+    from .leaderboard import leaderboard
+    from .model import TransferModel, load_model
     from .refit import refit
-    from .report import render_report, write_outputs, write_report
-    from .samplers import PRUNERS, make_pruner, make_sampler
-    from .search_space import BASELINE_RECIPE, SearchSpace, Strategy, bundled_spaces, load_search_space, strategy_family
-    from .status import StudyStatus, format_status, study_status
-    from .storage import load_existing_study, make_storage, stop_reason
-    from .study import SearchResult, open_study, search
-    from .trainer import (
-        Budget,
-        TrainResult,
-        evaluate,
-        evaluate_split,
-        fit,
-        make_transforms,
-        predict_labels,
-        resolve_device,
-    )
-    from .transfer import TransferNet, block_groups, count_parameters, freeze_backbone, make_head
-    from .zoo import Zoo, ZooEntry, check_backbones, create_backbone, feature_dim, load_zoo
+    from .report import write_report
+    from .runtime import Runtime
+    from .settings import Budget, SearchSettings
+    from .space.search_space import SearchSpace, load_search_space
+    from .space.strategy import Strategy
+    from .status import format_status, study_status
+    from .storage import load_existing_study
+    from .study import SearchResult, search
+    from .trainer import fit
+    from .transfer import TransferNet
+    from .zoo import create_backbone, load_zoo

@@ -7,31 +7,33 @@ here only (the library logs through ``logging``).
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from . import interrupt
 from .errors import AutotransferError
+from .logs import configure_logging
+from .outputs import OutputFolder
+from .records import TrialAttr, best_trial, stop_reason
 from .report import write_report
-from .samplers import PRUNERS
-from .status import format_status, study_status
-from .storage import load_existing_study, stop_reason, storage_file
+from .settings import PRUNERS, Budget, SearchSettings
+from .space.dimensions import DIMENSIONS
+from .status import describe_params, format_status, study_status
+from .storage import load_existing_study
 
 if TYPE_CHECKING:
     from .study import SearchResult
 
 __all__ = ["build_parser", "main"]
 
-_SHOW = ["rank", "number", "state", "value", "params_backbone", "params_freeze_depth", "params_head_width",
-         "params_learning_rate", "epochs", "seconds", "stop_reason"]
+_SHOW_TRIAL = [TrialAttr.EPOCHS, TrialAttr.SECONDS, TrialAttr.STOP_REASON]
 
 
 class _Progress:
@@ -42,14 +44,15 @@ class _Progress:
 
     def epoch(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
         p = trial.params
+        strategy = " ".join(f"{dim.short} {dim.format(p[name])}".strip() for name, dim in DIMENSIONS.items()
+                            if name in p)
         print(f"trial {trial.number}{self._of()} epoch {epoch}/{self.epochs}  val acc {metrics['accuracy']:.4f}"
-              f"  [{p.get('backbone')} freeze {p.get('freeze_depth'):.2f} head {p.get('head_width')}"
-              f" lr {p.get('learning_rate'):.1e}]  {self._best(trial.study)}", flush=True)
+              f"  [{strategy}]  {self._best(trial.study)}", flush=True)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         reason = stop_reason(trial)
         print(f"trial {trial.number} {trial.state.name.lower()} ({reason}) in "
-              f"{trial.user_attrs.get('seconds', 0.0):.1f} s  {self._best(study)}  "
+              f"{trial.user_attrs.get(TrialAttr.SECONDS, 0.0):.1f} s  {self._best(study)}  "
               f"elapsed {time.perf_counter() - self.start:.0f} s", flush=True)
 
     def _of(self) -> str:
@@ -57,9 +60,8 @@ class _Progress:
 
     @staticmethod
     def _best(study: optuna.Study) -> str:
-        try:
-            best = study.best_trial
-        except ValueError:
+        best = best_trial(study)
+        if best is None or best.value is None:
             return "best so far: none complete"
         return f"best so far {best.value:.4f} (trial {best.number})"
 
@@ -103,6 +105,7 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                     "search used)")
     rf.add_argument("--zoo", help="local zoo YAML (default: $AUTOTRANSFER_ZOO, then the zoo the search used)")
     rf.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    _add_runtime(rf)
     pr = sub.add_parser("predict", help="predict the class of images with a saved model; writes a CSV")
     pr.add_argument("model", type=Path, help="model folder (from autotransfer refit --out or TransferModel.save)")
     pr.add_argument("images", nargs="+", help="image files or folders (searched recursively for images)")
@@ -133,6 +136,11 @@ def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space
                    "(pruned at its last epoch, or failed before its first)")
     p.add_argument("--heartbeat-interval", type=int, default=60, metavar="SECONDS", help="heartbeat of running "
                    "trials on a database server; a trial silent for twice this is retried (default: 60)")
+    _add_runtime(p)
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    """The caches and accelerator flags (a Runtime), shared by search, demo and refit."""
     p.add_argument("--cache-mb", type=float, default=1024.0, metavar="MB", help="memory bound of the cache of "
                    "decoded images and frozen-prefix activations, per worker process (default: 1024)")
     p.add_argument("--no-cache", action="store_true", help="recompute everything: no image, feature (OUT/cache) or "
@@ -142,22 +150,25 @@ def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space
                    "for CUDA devices that support bf16, off on CPU)")
 
 
+def runtime_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~autotransfer.inputs.Runtime` fields the runtime flags give."""
+    return {"cache": not args.no_cache, "cache_mb": args.cache_mb, "compile": args.compile, "amp": args.amp}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 bad input, 130 SIGINT, 143 SIGTERM)."""
     args = build_parser().parse_args(argv)
     # Ctrl+C / `kill -INT` must end the search cleanly even when the shell started us with SIGINT
     # ignored (a background job of a script): restore Python's KeyboardInterrupt handler.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by our own lines
-    logging.getLogger("timm").setLevel(logging.WARNING)
+    configure_logging()
     if args.command in ("report", "status"):
         return _read_only(args)
     if args.command in ("refit", "predict"):
         from .model_cli import predict_command, refit_command  # imports PyTorch
 
         try:
-            return refit_command(args) if args.command == "refit" else predict_command(args)
+            return refit_command(args, runtime_options(args)) if args.command == "refit" else predict_command(args)
         except AutotransferError as err:
             print(f"autotransfer: error: {err}", file=sys.stderr)
             return 1
@@ -169,21 +180,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from .study import search  # imports PyTorch: only the commands that train pay for it
+    from .runtime import Runtime  # imports PyTorch: only the commands that train pay for it
+    from .study import search
 
     data = "digits" if args.command == "demo" else args.data
     name = getattr(args, "study_name", None) or ("demo" if args.command == "demo" else Path(data).name)
     out = args.out or Path("reports") / name
     progress = _Progress(args.n_trials, args.epochs)
     try:
-        result = search(data, space=args.space, n_trials=args.n_trials, timeout=args.timeout,
-                        epochs=args.epochs, batch_size=args.batch_size, metric=args.metric,
-                        pruner=args.pruner, storage=getattr(args, "storage", None), study_name=name,
-                        out=out, zoo=args.zoo, seed=args.seed, device=args.device,
-                        on_epoch=progress.epoch, callbacks=[progress], baseline=not args.no_baseline,
-                        workers=args.workers, trial_timeout=args.trial_timeout,
-                        heartbeat_interval=args.heartbeat_interval, cache=not args.no_cache,
-                        cache_mb=args.cache_mb, compile=args.compile, amp=args.amp)
+        settings = SearchSettings(
+            n_trials=args.n_trials, timeout=args.timeout, trial_timeout=args.trial_timeout, pruner=args.pruner,
+            seed=args.seed, device=args.device, storage=getattr(args, "storage", None), study_name=name, out=out,
+            workers=args.workers, heartbeat_interval=args.heartbeat_interval, baseline=not args.no_baseline)
+        budget = Budget(epochs=args.epochs, batch_size=args.batch_size, metric=args.metric)
+        result = search(data, space=args.space, settings=settings, budget=budget,
+                        runtime=Runtime(**runtime_options(args)), zoo=args.zoo, on_epoch=progress.epoch,
+                        callbacks=[progress])
     except AutotransferError as err:
         print(f"autotransfer: error: {err}", file=sys.stderr)
         return 1
@@ -206,9 +218,8 @@ def _read_only(args: argparse.Namespace) -> int:
     if args.command == "status":
         print(format_status(study_status(study)))
         return 0
-    db = storage_file(args.storage)
-    out = args.out or (db.parent / "report.html" if db is not None else Path("reports") / study.study_name
-                       / "report.html")
+    folder = OutputFolder.of_storage(args.storage) or OutputFolder(Path("reports") / study.study_name)
+    out = args.out or folder.report
     write_report(study, out)
     print(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB) from {len(study.get_trials(deepcopy=False))} trials "
           f"of study {study.study_name!r}")
@@ -220,12 +231,14 @@ def _print_summary(result: SearchResult, out: Path) -> None:
     if result.dataset is not None and result.dataset.excluded:
         print(f"{len(result.dataset.excluded)} file(s) could not be decoded and were excluded (listed above).")
     print("\nLeaderboard (top 10):")
-    print(board[_SHOW].head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    if result.best is not None:
-        print(f"\nBest: {result.best['family']}, freeze depth {result.best['freeze_depth']}, "
-              f"head width {result.best['head_width']}, lr {result.best['learning_rate']:.2e}: "
-              f"val accuracy {result.best['val_accuracy']:.4f}")
-    print(f"Wrote {out / 'leaderboard.csv'} and {out / 'report.html'}")
+    show = ["rank", "number", "state", "value", *(c for c in board.columns if c.startswith("params_")), *_SHOW_TRIAL]
+    print(board[show].head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    best = result.best
+    if best is not None:
+        params = {k: best[k] for k in DIMENSIONS if k in best and k != "backbone"}
+        print(f"\nBest: {best['family']}, {describe_params(params)}: val accuracy {best['val_accuracy']:.4f}")
+    folder = OutputFolder(out)
+    print(f"Wrote {folder.leaderboard} and {folder.report}")
 
 
 if __name__ == "__main__":  # pragma: no cover

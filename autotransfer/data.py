@@ -1,6 +1,6 @@
 """Datasets: scan, validate and split labelled images.
 
-Accepted inputs (DESIGN.md, "Data flow"):
+Accepted inputs:
 
 * an ImageFolder directory, one subfolder per class: split into train / val / test with a
   stratified, seeded ``sklearn.model_selection.train_test_split``;
@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -27,16 +27,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from sklearn.model_selection import train_test_split
-from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .errors import BadImageError, DataError, describe
+from .errors import DataError, describe
 
-__all__ = ["DIGITS", "IMAGE_EXTENSIONS", "ImageDataset", "LabelledImages", "decode_error", "load_dataset",
+__all__ = ["DECODE_ERRORS", "DIGITS", "IMAGE_EXTENSIONS", "ImageDataset", "decode_error", "load_dataset",
            "open_image", "stratified_split"]
 
 DIGITS = "digits"
-SPLITS = ("train", "val", "test")
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What Pillow raises for a file it cannot decode (truncated, not an image, over the decompression-bomb limit)."""
 IMAGE_EXTENSIONS = tuple(sorted({*IMG_EXTENSIONS, ".gif"}))
 
 Sample = tuple[str, int]  # (key: path relative to the root, or "digits/<index>"; class index)
@@ -120,36 +120,6 @@ def open_image(root: str, key: str) -> Image.Image:
         return Image.fromarray(pixels, mode="L").convert("RGB")
     with Image.open(Path(root) / key) as img:
         return img.convert("RGB")
-
-
-class LabelledImages(Dataset[tuple[Any, int]]):
-    """A torch ``Dataset`` over one split: ``(transform(image), label)``.
-
-    Args:
-        dataset: The dataset.
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        transform: Maps a PIL image to a tensor of shape ``(3, H, W)`` (timm's ``create_transform``).
-
-    Raises (from indexing):
-        BadImageError: The file no longer decodes (replaced or truncated after the scan); the
-            error names its full path.
-    """
-
-    def __init__(self, dataset: ImageDataset, split: str, transform: Callable[[Image.Image], Any]) -> None:
-        self.root = dataset.root
-        self.items = dataset.splits[split]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        key, label = self.items[index]
-        try:
-            image = open_image(self.root, key)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # as in decode_error
-            raise BadImageError(key, str(Path(self.root) / key), f"{type(err).__name__}: {err}") from err
-        return self.transform(image), label
 
 
 def load_dataset(
@@ -245,7 +215,7 @@ def decode_error(path: Path) -> str | None:
     try:
         with Image.open(path) as img:
             img.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except DECODE_ERRORS as err:
         return f"{type(err).__name__}: {err}"
     return None
 

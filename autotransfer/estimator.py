@@ -11,6 +11,7 @@ fitted attributes end in ``_``), so ``sklearn.base.clone``, ``cross_val_score``,
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from .images import as_image_list, images_dataset
 from .model import TransferModel
-from .search_space import SearchSpace
+from .settings import Budget, SearchSettings
+from .space.search_space import SearchSpace
+from .space.strategy import Strategy
 from .zoo import Zoo
 
 __all__ = ["TransferClassifier"]
@@ -33,7 +36,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     Args:
         space: Search space: bundled name (``"default"``, ``"small"``, ``"demo"``), YAML path, mapping
-            or :class:`~autotransfer.search_space.SearchSpace`.
+            or :class:`~autotransfer.space.search_space.SearchSpace`.
         n_trials: Trials of the search.
         epochs: Budget: maximum epochs per trial, and the epochs of the refit.
         timeout: Seconds after which the search starts no new trial (None: no limit).
@@ -52,7 +55,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     Attributes:
         classes_: Sorted unique labels of ``y``; column ``k`` of :meth:`predict_proba` is ``classes_[k]``.
-        best_params_: The chosen strategy (``backbone``, ``freeze_depth``, ``head_width``, ``learning_rate``).
+        best_params_: The chosen strategy (``backbone``, ``freeze_depth``, ``head_width``, ``learning_rate``, and
+            each recipe dimension the search sampled).
         best_score_: Its val metric in the search.
         best_trial_: Its trial number.
         search_results_: One row per trial (the leaderboard: ``rank``, ``number``, ``state``, ``value``,
@@ -100,25 +104,27 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             DataError: Bad images, lengths that differ, or a class with fewer than two images.
             ConfigError: A bad parameter (space, budget, metric, pruner, device, ...).
         """
-        from .study import search  # PyTorch-heavy: loaded when used
+        from .runtime import Runtime  # PyTorch-heavy: loaded when used
+        from .study import search
 
+        settings = SearchSettings(n_trials=self.n_trials, timeout=self.timeout, pruner=self.pruner, seed=self.seed,
+                                  device=self.device, storage=self.storage, baseline=self.baseline)
+        budget = Budget(epochs=self.epochs, batch_size=self.batch_size, metric=self.metric)
+        runtime = Runtime(cache_mb=self.cache_mb)
         images = as_image_list(X)
         classes, encoded = np.unique(column_or_1d(y, warn=True), return_inverse=True)
         with tempfile.TemporaryDirectory(prefix="autotransfer-images-") as folder:
             dataset = images_dataset(images, [int(k) for k in encoded], [str(c) for c in classes], folder=folder,
                                      seed=self.seed, val_fraction=self.val_fraction)
-            result = search(dataset, space=self.space, n_trials=self.n_trials, timeout=self.timeout,
-                            epochs=self.epochs, batch_size=self.batch_size, metric=self.metric, pruner=self.pruner,
-                            storage=self.storage, study_name=f"TransferClassifier-{dataset.fingerprint()[:16]}",
-                            zoo=self.zoo, seed=self.seed, device=self.device, baseline=self.baseline,
-                            cache_mb=self.cache_mb)
+            settings = replace(settings, study_name=f"TransferClassifier-{dataset.fingerprint()[:16]}")
+            result = search(dataset, space=self.space, settings=settings, budget=budget, runtime=runtime, zoo=self.zoo)
             model = result.refit(train_on="train+val")
         self.classes_ = classes
         self.study_: optuna.Study = result.study
         self.model_: TransferModel = model
         best = result.study.best_trial
         self.best_trial_ = best.number
-        self.best_params_ = dict(best.params)
+        self.best_params_ = Strategy.from_params(best.params).as_dict()
         self.best_score_ = float(best.value) if best.value is not None else float("nan")
         board = result.leaderboard
         param_columns = [c for c in board.columns if c.startswith("params_")]

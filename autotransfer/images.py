@@ -21,7 +21,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
-from .data import ImageDataset, decode_error, stratified_split
+from .data import DECODE_ERRORS, ImageDataset, decode_error, stratified_split
 from .errors import DataError, describe
 
 __all__ = ["ImageLike", "as_image_list", "images_dataset", "to_pil"]
@@ -70,7 +70,7 @@ def to_pil(item: Any, index: int = 0) -> Image.Image:
         try:
             with Image.open(item) as img:
                 return img.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # as data.decode_error
+        except DECODE_ERRORS as err:
             raise DataError(f"Image {index} ({os.fspath(item)!r}) cannot be read: {type(err).__name__}: {err}") from err
     if isinstance(item, Image.Image):
         return item.convert("RGB")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,10 @@ from ._version import __version__
 from .errors import ConfigError, ModelError, describe
 from .files import atomic_write_text, save_safetensors
 from .images import as_image_list, to_pil
-from .inputs import Preprocess, Runtime, run_batched
+from .inputs import Preprocess, run_batched
+from .runtime import Runtime
+from .space.dimensions import DIMENSIONS
+from .space.strategy import CORE
 from .transfer import TransferNet
 from .zoo import Zoo, feature_dim
 
@@ -69,12 +71,19 @@ class BackboneSpec:
     source: str = "timm"
 
     @classmethod
-    def resolve(cls, name: str, zoo: Zoo) -> BackboneSpec:
-        """The spec of backbone ``name``: its zoo entry if the zoo has one, else the timm name itself."""
+    def resolve(cls, name: str, zoo: Zoo, *, model_kwargs: Mapping[str, Any] | None = None) -> BackboneSpec:
+        """The spec of backbone ``name``: its zoo entry if the zoo has one, else the timm name itself.
+
+        Args:
+            name: Zoo entry or timm name.
+            zoo: The local zoo.
+            model_kwargs: The strategy recipe's extra ``timm.create_model`` arguments, on top of the entry's.
+        """
+        extra = dict(model_kwargs or {})
         if name in zoo:
             entry = zoo.entries[name]
-            return cls(name, entry.architecture, dict(entry.model_kwargs), "zoo")
-        return cls(name, name, {}, "timm")
+            return cls(name, entry.architecture, {**entry.model_kwargs, **extra}, "zoo")
+        return cls(name, name, extra, "timm")
 
     def create(self) -> torch.nn.Module:
         """The architecture with random weights and no classifier (``num_classes=0``); nothing is downloaded.
@@ -318,11 +327,17 @@ def _read_record(folder: Path) -> dict[str, Any]:
 
 
 def _check_strategy(strategy: dict[str, Any], path: Path) -> None:
-    depth, width = strategy.get("freeze_depth"), strategy.get("head_width")
-    if not isinstance(depth, (int, float)) or isinstance(depth, bool) or not 0 <= depth <= 1 or math.isnan(depth):
-        raise ModelError(f"{path}: strategy.freeze_depth must be a fraction in [0, 1]; got {depth!r}.")
-    if not isinstance(width, int) or isinstance(width, bool) or width < 0:
-        raise ModelError(f"{path}: strategy.head_width must be an integer >= 0; got {width!r}.")
+    """Every dimension of the stored strategy is declared and holds a value its declaration accepts."""
+    missing = [name for name in CORE if name not in strategy]
+    unknown = [name for name in strategy if name not in DIMENSIONS]
+    if missing or unknown:
+        raise ModelError(f"{path}: the strategy lacks {missing} or names undeclared dimensions {unknown}; "
+                         "the file is incomplete, was edited, or comes from a newer autotransfer.")
+    for name, value in strategy.items():
+        try:
+            DIMENSIONS[name].check(name, value)
+        except ConfigError as err:
+            raise ModelError(f"{path}: " + str(err).replace(f"The '{name}' ", f"strategy.{name} ")) from err
 
 
 def _fields(raw: dict[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, Any]:

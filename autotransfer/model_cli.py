@@ -7,34 +7,45 @@ They load PyTorch, which ``autotransfer report`` and ``status`` never import, so
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from .data import IMAGE_EXTENSIONS, decode_error
 from .errors import DataError, describe
 from .files import atomic_write_text
-from .inputs import Runtime
 from .model import load_model
+from .outputs import OutputFolder
 from .refit import refit
 from .report import write_report
-from .storage import load_existing_study, storage_file
+from .runtime import Runtime
+from .status import describe_params
+from .storage import load_existing_study
 from .trainer import resolve_device
 
 __all__ = ["image_files", "predict_command", "predictions_table", "refit_command"]
 
 
-def refit_command(args: argparse.Namespace) -> int:
-    """``autotransfer refit``: refit, save the model, refresh the report beside the storage; exit status 0."""
+def refit_command(args: argparse.Namespace, runtime_options: dict[str, Any]) -> int:
+    """``autotransfer refit``: refit, save the model, refresh the report beside the storage; exit status 0.
+
+    Args:
+        args: The parsed command line.
+        runtime_options: The runtime flags as :class:`~autotransfer.inputs.Runtime` fields; the
+            feature cache is the search's (``OUT/cache`` beside a SQLite or journal storage).
+    """
     study = load_existing_study(args.storage, args.study_name)
-    folder = storage_file(args.storage)
-    runtime = Runtime(cache_dir=folder.parent / "cache") if folder is not None else None  # the search's cache
+    folder = OutputFolder.of_storage(args.storage)
+    runtime = Runtime(**runtime_options)
+    if folder is not None and runtime.cache:
+        runtime = replace(runtime, cache_dir=folder.cache)
     model = refit(study, trial=args.trial, epochs=args.epochs, train_on=args.train_on, data=args.data, zoo=args.zoo,
                   device=args.device, runtime=runtime)
     model.save(args.out)
     info = model.training
-    print(f"Refit trial {info['trial']} ({model.strategy['backbone']}, freeze depth {model.strategy['freeze_depth']}, "
-          f"head width {model.strategy['head_width']}, lr {model.strategy['learning_rate']:.2e}) on {info['train_on']} "
+    print(f"Refit trial {info['trial']} ({describe_params(model.strategy)}) on {info['train_on']} "
           f"({info['n_images']} images) for {info['epochs']} epochs in {info['seconds']:.1f} s.")
     for split in ("test", "val"):
         if split in model.metrics:
@@ -45,9 +56,9 @@ def refit_command(args: argparse.Namespace) -> int:
     if "test" not in model.metrics and "val" not in model.metrics:
         print("No held-out images: trained on train+val of a dataset without a test split.")
     print(f"Saved the model to {args.out}")
-    if folder is not None and (folder.parent / "report.html").is_file():
-        write_report(study, folder.parent / "report.html")
-        print(f"Updated {folder.parent / 'report.html'} with the refit's figures.")
+    if folder is not None and folder.report.is_file():
+        write_report(study, folder.report)
+        print(f"Updated {folder.report} with the refit's figures.")
     return 0
 
 

@@ -1,17 +1,18 @@
 """The objective: one Optuna trial = sample a strategy, build it, train it on the budget.
 
-Every trial records user attributes the leaderboard and report read back from storage:
-``family``, ``val_accuracy``, ``val_balanced_accuracy``, ``val_macro_f1``, ``val_loss``
-(after the last epoch run), ``epochs``, ``seconds``, ``trainable_params``, ``total_params``,
-``n_frozen_groups``, ``n_groups``, ``worker`` (host, PID and worker index of the process running
-it), ``batch_size`` (only when an out-of-memory retry halved it), ``stop_reason`` (``running`` while
-it runs, then ``completed``, ``pruned at epoch N``, ``timeout: ...``, ``diverged: ...``, ``oom: ...``,
+Every trial records the user attributes named in :class:`autotransfer.records.TrialAttr`, which
+the leaderboard and report read back from storage: ``family`` (from the network as built),
+``val_accuracy``, ``val_balanced_accuracy``, ``val_macro_f1``, ``val_loss`` (after the last epoch
+run), ``epochs`` (run), ``seconds``, ``trainable_params``, ``total_params``, ``n_frozen_groups``,
+``n_groups``, ``worker`` (host, PID and worker index of the process running it), ``batch_size``
+(only when an out-of-memory retry halved it), ``stop_reason`` (``running`` while it runs, then
+``completed``, ``pruned at epoch N``, ``timeout: ...``, ``diverged: ...``, ``oom: ...``,
 ``bad image: PATH: ...``, ``error: ...`` or ``interrupted``; a trial failed because its process
 died reads ``stale``) and, for complete trials, ``val_predictions`` (the predicted class of every
 val image, in split order, for the report's per-class figures).
 
 When a trial completes as the best so far, it is evaluated once on the test split (if any) and
-the figures are stored in the study attribute ``autotransfer.test``; the report shows them only
+the figures are stored in the study attribute ``StudyAttr.TEST``; the report shows them only
 for the final pick. The test split never feeds the objective.
 """
 
@@ -32,11 +33,13 @@ import torch
 from . import interrupt
 from .data import DIGITS, ImageDataset
 from .errors import BadImageError, DataError, TrialFailed, TrialTimeout
-from .inputs import Runtime
-from .recovery import WORKER_ATTR, worker_identity
-from .search_space import SearchSpace, Strategy
-from .storage import EXCLUDED_ATTR, TEST_ATTR
-from .trainer import Budget, TrainResult, evaluate_split, fit, seed_everything
+from .records import StudyAttr, TrialAttr, best_trial
+from .recovery import worker_identity
+from .runtime import Runtime
+from .settings import Budget, SearchSettings
+from .space.search_space import SearchSpace
+from .space.strategy import Strategy, family_label, transfer_mode
+from .trainer import TrainResult, evaluate_split, fit, seed_everything
 from .transfer import TransferNet, count_parameters
 from .zoo import Zoo, create_backbone
 
@@ -61,14 +64,14 @@ class Objective:
         space: The search space sampled through the trial.
         budget: Epochs, batch size and metric.
         zoo: Local weights, tried before timm's download.
-        device: Where trials train.
-        seed: Study seed; each trial is seeded with :func:`trial_seed`.
-        on_epoch: Optional progress hook called after every epoch.
-        trial_timeout: Seconds a trial may run (None: no limit). A trial over the limit is pruned
-            at its last reported epoch, or failed if it had not finished one.
-        worker: Index of this worker process, recorded on each trial with its host and PID.
+        settings: The study settings: its ``seed`` seeds each trial through :func:`trial_seed`; a
+            trial running past ``trial_timeout`` seconds is pruned at its last reported epoch, or
+            failed if it had not finished one.
         runtime: Caches and accelerator settings; the trial attribute ``inputs`` records what the
             trial trained on (``features``, ``prefix`` or ``images``, see :mod:`autotransfer.plan`).
+        device: Where trials train.
+        worker: Index of this worker process, recorded on each trial with its host and PID.
+        on_epoch: Optional progress hook called after every epoch.
 
     Raises (from ``__call__``):
         optuna.TrialPruned: The pruner or the trial time limit stopped the trial.
@@ -82,29 +85,27 @@ class Objective:
     space: SearchSpace
     budget: Budget
     zoo: Zoo
-    device: torch.device
-    seed: int = 0
-    on_epoch: EpochProgress | None = None
-    trial_timeout: float | None = None
-    worker: int = 0
+    settings: SearchSettings = field(default_factory=SearchSettings)
     runtime: Runtime = field(default_factory=Runtime)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    worker: int = 0
+    on_epoch: EpochProgress | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         start = time.perf_counter()
-        trial.set_user_attr(WORKER_ATTR, worker_identity(self.worker))
-        trial.set_user_attr("stop_reason", "running")  # a retried trial inherits its original's attributes
+        trial.set_user_attr(TrialAttr.WORKER, worker_identity(self.worker))
+        trial.set_user_attr(TrialAttr.STOP_REASON, "running")  # a retried trial inherits its original's attributes
         try:
             interrupt.check()
-            seed = trial_seed(self.seed, trial.number)
+            seed = trial_seed(self.settings.seed, trial.number)
             seed_everything(seed)  # before building: the head's initial weights come from this seed
             strategy = self.space.suggest(trial)
-            trial.set_user_attr("family", strategy.family)
             net, data_config, result = self._train(trial, strategy, seed, start)
             if result.stop_reason != "completed":
                 self._finish(trial, result.stop_reason, start)
                 raise optuna.TrialPruned(result.stop_reason)
             score = result.metrics[self.budget.metric]
-            trial.set_user_attr("val_predictions", result.predictions)
+            trial.set_user_attr(TrialAttr.VAL_PREDICTIONS, result.predictions)
             if self.dataset.splits.get("test") and _is_new_best(trial, score):
                 self._record_test(trial, net, data_config)
         except KeyboardInterrupt:
@@ -130,7 +131,8 @@ class Objective:
     def _train(self, trial: optuna.Trial, strategy: Strategy, seed: int, start: float
                ) -> tuple[TransferNet, dict[str, Any], TrainResult]:
         """Build and fit the strategy; on out-of-memory, retry once with half the batch size."""
-        deadline = None if self.trial_timeout is None else time.monotonic() + self.trial_timeout
+        limit = self.settings.trial_timeout
+        deadline = None if limit is None else time.monotonic() + limit
         batch_size = self.budget.batch_size
         while True:
             try:
@@ -138,7 +140,6 @@ class Objective:
             except torch.OutOfMemoryError as err:
                 message = str(err).splitlines()[0] if str(err) else "out of memory"
             except TrialTimeout as err:
-                limit = self.trial_timeout
                 raise TrialTimeout(f"timeout: over the {limit:g} s trial limit ({err.reason}, "
                                    f"{time.perf_counter() - start:.0f} s)", err.epochs_done) from err
             _free_accelerator_memory(self.device)
@@ -148,24 +149,28 @@ class Objective:
             batch_size = max(1, batch_size // 2)
             logger.warning("Trial %d ran out of memory (%s); retrying once with batch size %d.",
                            trial.number, message, batch_size)
-            trial.set_user_attr("batch_size", batch_size)
+            trial.set_user_attr(TrialAttr.BATCH_SIZE, batch_size)
 
     def _build_and_fit(self, trial: optuna.Trial, strategy: Strategy, seed: int, batch_size: int,
                        deadline: float | None) -> tuple[TransferNet, dict[str, Any], TrainResult]:
         seed_everything(seed)
-        backbone, data_config = create_backbone(strategy.backbone, self.zoo)
+        recipe = strategy.recipe()
+        backbone, data_config = create_backbone(strategy.backbone, self.zoo, model_kwargs=recipe.model_kwargs)
         net = TransferNet.build(backbone, strategy.freeze_depth, strategy.head_width, self.dataset.n_classes)
         freeze = net.freeze_report
         assert freeze is not None  # always set by TransferNet.build
         trainable, total = count_parameters(net)
-        for key, value in (("trainable_params", trainable), ("total_params", total),
-                           ("n_groups", freeze.n_groups), ("n_frozen_groups", freeze.n_frozen)):
+        for key, value in ((TrialAttr.TRAINABLE_PARAMS, trainable), (TrialAttr.TOTAL_PARAMS, total),
+                           (TrialAttr.N_GROUPS, freeze.n_groups), (TrialAttr.N_FROZEN_GROUPS, freeze.n_frozen),
+                           (TrialAttr.FAMILY, family_label(strategy.backbone, transfer_mode(freeze.n_frozen,
+                                                                                            freeze.n_groups),
+                                                           strategy.head_width))):
             trial.set_user_attr(key, value)
         budget = dataclasses.replace(self.budget, batch_size=batch_size)
         result = fit(net, self.dataset, data_config, budget, strategy.learning_rate, seed=seed, device=self.device,
                      on_epoch=lambda epoch, metrics: self._report(trial, epoch, metrics),
-                     hflip=self.dataset.root != DIGITS, deadline=deadline, runtime=self.runtime)
-        trial.set_user_attr("inputs", result.inputs)
+                     hflip=self.dataset.root != DIGITS, deadline=deadline, runtime=self.runtime, recipe=recipe)
+        trial.set_user_attr(TrialAttr.INPUTS, result.inputs)
         return net, data_config, result
 
     def _bad_image(self, trial: optuna.Trial, err: BadImageError, start: float) -> NoReturn:
@@ -174,7 +179,7 @@ class Objective:
         self._finish(trial, reason, start)
         split = self.dataset.split_of(err.key)
         self.dataset = self.dataset.without(err.key, f"unreadable since trial {trial.number}: {err.cause}")
-        trial.study.set_user_attr(EXCLUDED_ATTR, [list(item) for item in self.dataset.excluded])
+        trial.study.set_user_attr(StudyAttr.EXCLUDED, [list(item) for item in self.dataset.excluded])
         if split == "train":
             logger.warning("Trial %d failed: %s. Later trials train without this file.", trial.number, reason)
             raise TrialFailed(reason) from err
@@ -191,22 +196,22 @@ class Objective:
         except (RuntimeError, OSError, ValueError) as err:  # the val result stands; only the test figures are lost
             logger.warning("Trial %d: could not evaluate on the test split: %s", trial.number, err)
             return
-        trial.study.set_user_attr(TEST_ATTR, {"trial": trial.number, "metrics": metrics,
+        trial.study.set_user_attr(StudyAttr.TEST, {"trial": trial.number, "metrics": metrics,
                                               "predictions": predictions})
 
     def _report(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> bool:
         trial.report(metrics[self.budget.metric], epoch)
         for name, value in metrics.items():
-            trial.set_user_attr(f"val_{name}", value)
-        trial.set_user_attr("epochs", epoch)
+            trial.set_user_attr(TrialAttr.val(name), value)
+        trial.set_user_attr(TrialAttr.EPOCHS, epoch)
         if self.on_epoch is not None:
             self.on_epoch(trial, epoch, metrics)
         return trial.should_prune()
 
     @staticmethod
     def _finish(trial: optuna.Trial, reason: str, start: float) -> None:
-        trial.set_user_attr("stop_reason", reason)
-        trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+        trial.set_user_attr(TrialAttr.STOP_REASON, reason)
+        trial.set_user_attr(TrialAttr.SECONDS, round(time.perf_counter() - start, 3))
 
 
 def _free_accelerator_memory(device: torch.device) -> None:
@@ -217,7 +222,5 @@ def _free_accelerator_memory(device: torch.device) -> None:
 
 def _is_new_best(trial: optuna.Trial, value: float) -> bool:
     """Whether ``value`` beats every complete trial so far (ties keep the earlier one, as Optuna does)."""
-    try:
-        return value > trial.study.best_value
-    except ValueError:  # Optuna's answer when no trial has completed
-        return True
+    best = best_trial(trial.study)
+    return best is None or best.value is None or value > best.value

@@ -34,15 +34,16 @@ from torch.utils.data import TensorDataset
 from . import interrupt
 from .cache import FeatureStore, fingerprint, split_fingerprint
 from .data import ImageDataset
-from .inputs import Preprocess, Runtime, image_loader, loader_workers, run_batched, split_images, tensor_loader
+from .inputs import Preprocess, image_loader, run_batched, split_images, tensor_loader
 from .prefix import FrozenPrefix, find_frozen_prefix
+from .runtime import Runtime, loader_workers
+from .space.dimensions import Recipe
 from .transfer import TransferNet
 
-__all__ = ["MODES", "TrialInputs", "prepare_inputs", "weights_fingerprint"]
+__all__ = ["TrialInputs", "prepare_inputs", "weights_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
-MODES = ("features", "prefix", "images")
 _VERIFIED: dict[str, bool] = {}  # prefix split proofs by (weights, depth): one per process
 
 
@@ -78,7 +79,8 @@ def weights_fingerprint(model: nn.Module) -> str:
 @contextmanager
 def prepare_inputs(net: TransferNet, dataset: ImageDataset, data_config: dict[str, Any], batch_size: int, *,
                    seed: int, device: torch.device, runtime: Runtime, hflip: bool,
-                   check: Callable[[], None] = interrupt.check, validate: bool = True) -> Iterator[TrialInputs]:
+                   check: Callable[[], None] = interrupt.check, validate: bool = True,
+                   recipe: Recipe | None = None) -> Iterator[TrialInputs]:
     """Choose and build a trial's inputs; the network is whole again on exit.
 
     Args:
@@ -92,13 +94,17 @@ def prepare_inputs(net: TransferNet, dataset: ImageDataset, data_config: dict[st
         hflip: Whether augmentation flips horizontally.
         check: Called before every batch of feature extraction.
         validate: Whether to build val inputs too (False for a refit, whose val images are trained on).
+        recipe: The strategy's recipe: its ``train_transform`` replaces the default augmentation, and
+            ``augment_frozen`` makes strategies with a frozen part augment too (nothing is then cached
+            beyond decoded images). Default: :class:`~autotransfer.space.dimensions.Recipe()`.
 
     Raises:
         BadImageError: An image no longer decodes. Interrupted: a stop was asked for.
     """
-    preprocess = Preprocess.from_config(data_config, hflip=hflip)
+    recipe = recipe or Recipe()
+    preprocess = Preprocess.from_config(data_config, hflip=hflip, train_transform=recipe.train_transform)
     backbone_params = list(net.backbone.parameters())
-    augment = all(p.requires_grad for p in backbone_params)
+    augment = recipe.augment_frozen or all(p.requires_grad for p in backbone_params)
     frozen = not any(p.requires_grad for p in backbone_params)
     splits = ("train", "val") if validate else ("train",)
     labels = {s: torch.tensor([y for _, y in dataset.splits[s]], dtype=torch.long) for s in splits}
@@ -109,7 +115,7 @@ def prepare_inputs(net: TransferNet, dataset: ImageDataset, data_config: dict[st
         return tensor_loader(TensorDataset(tensors[split], labels[split]), batch_size, shuffle=split == "train",
                              seed=seed, device=device)
 
-    if runtime.cache and frozen:
+    if runtime.cache and frozen and not augment:
         feats = _features(net, dataset, preprocess, runtime, device, check, splits)
         yield TrialInputs("features", net.head, loader(feats, "train"), loader(feats, "val"), False)
         return

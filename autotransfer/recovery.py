@@ -24,15 +24,13 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from . import interrupt
-from .storage import RUN_ATTR_PREFIX, counts_towards_budget, stale_retry_callback
+from .records import StudyAttr, TrialAttr, counts_towards_budget
+from .storage import stale_retry_callback
 
-__all__ = ["TrialBudget", "finished_trials", "has_heartbeat", "reclaim_stale_trials", "record_run", "worker_identity",
+__all__ = ["TrialQuota", "finished_trials", "has_heartbeat", "reclaim_stale_trials", "record_run", "worker_identity",
            "worker_seed"]
 
 logger = logging.getLogger(__name__)
-
-WORKER_ATTR = "worker"  # trial user attribute: {"host", "pid", "index"} of the process running it
-
 
 def worker_identity(index: int = 0) -> dict[str, object]:
     """This process as recorded on every trial it runs: host name, PID and worker index."""
@@ -61,7 +59,7 @@ def has_heartbeat(study: optuna.Study) -> bool:
 
 
 def _process_gone(trial: FrozenTrial, heartbeat: bool) -> bool:
-    owner = trial.user_attrs.get(WORKER_ATTR)
+    owner = trial.user_attrs.get(TrialAttr.WORKER)
     if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
         # Unknown owner: without heartbeats the storage is a one-host file and the search that
         # owns it is starting now, so the trial is an orphan; with heartbeats, Optuna decides.
@@ -95,7 +93,7 @@ def reclaim_stale_trials(study: optuna.Study) -> list[int]:
         if not _process_gone(trial, heartbeat):
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "stop_reason", "stale")
+            storage.set_trial_user_attr(trial._trial_id, TrialAttr.STOP_REASON, "stale")
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:  # another process got there first
@@ -105,20 +103,20 @@ def reclaim_stale_trials(study: optuna.Study) -> list[int]:
             warnings.simplefilter("ignore", ExperimentalWarning)
             retry(study, storage.get_trial(trial._trial_id))
         logger.warning("Trial %d was left RUNNING by a process that is gone (%s): marked failed (stale); "
-                       "its strategy is queued to run again.", trial.number, trial.user_attrs.get(WORKER_ATTR))
+                       "its strategy is queued to run again.", trial.number, trial.user_attrs.get(TrialAttr.WORKER))
     return reclaimed
 
 
 def record_run(study: optuna.Study, *, n_trials: int | None, timeout: float | None, workers: int) -> None:
     """Store when this run started and its limits, for ``autotransfer status`` (one key per process)."""
     me = worker_identity()
-    study.set_user_attr(f"{RUN_ATTR_PREFIX}{me['host']}.{me['pid']}",
+    study.set_user_attr(f"{StudyAttr.RUN_PREFIX}{me['host']}.{me['pid']}",
                         {"started": time.time(), "timeout": timeout, "n_trials": n_trials, "workers": workers,
                          "host": me["host"], "pid": me["pid"]})
 
 
 @dataclass
-class TrialBudget:
+class TrialQuota:
     """Decides, before every trial, whether a worker may start another one.
 
     Optuna's ``MaxTrialsCallback`` is not used: it counts trials by state, so interrupted and

@@ -4,7 +4,7 @@ The search scores strategies on a small budget with early stopping; the refit tr
 (or any finished trial's strategy) from its pretrained weights for the whole budget, without
 pruning, on the train and val images together, and evaluates the result once on the test split,
 as scikit-learn's ``GridSearchCV(refit=True)`` refits on all the data it searched. The test figures
-are stored in the study attribute ``autotransfer.refit`` (the latest refit) and the report shows
+are stored in the study attribute ``StudyAttr.REFIT`` (the latest refit) and the report shows
 them, labelled as test. The test split never feeds selection.
 
 A dataset without a test split (one that came as ``train/`` and ``val/`` folders) has no image the
@@ -28,12 +28,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .data import DIGITS, ImageDataset, open_image
 from .errors import ConfigError, DataError, StudyMismatchError, describe
-from .inputs import Runtime
 from .model import BackboneSpec, TransferModel
 from .objective import trial_seed
-from .search_space import Strategy
-from .storage import CONFIG_ATTR, DATA_ATTR, EXCLUDED_ATTR, REFIT_ATTR, SPLIT_ATTR
-from .trainer import Budget, classification_metrics, fit, resolve_device, seed_everything
+from .records import StudyAttr, TrialAttr, best_trial, read_budget, read_config
+from .runtime import Runtime
+from .settings import METRICS, Budget
+from .space.strategy import CORE, Strategy
+from .trainer import classification_metrics, fit, resolve_device, seed_everything
 from .transfer import TransferNet
 from .zoo import Zoo, check_backbones, create_backbone, load_zoo
 
@@ -43,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 TRAIN_ON = ("auto", "train", "train+val")
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-_PARAMS = ("backbone", "freeze_depth", "head_width", "learning_rate")
 
 
 def refit(
@@ -91,8 +91,8 @@ def refit(
     config = _config(study)
     chosen = choose_trial(study, trial)
     budget = _budget(config, chosen, epochs)
-    strategy = Strategy(**{k: chosen.params[k] for k in _PARAMS})
-    stored = dict(study.user_attrs.get(DATA_ATTR, {}))
+    strategy = Strategy.from_params(chosen.params)
+    stored = dict(study.user_attrs.get(StudyAttr.DATA, {}))
     dataset = _check_dataset(dataset, config) if dataset is not None else stored_dataset(study, data)
     local_zoo = _zoo(zoo, stored.get("zoo"))
     check_backbones([strategy.backbone], local_zoo)
@@ -107,13 +107,14 @@ def refit(
     logger.info("Refitting trial %d (%s) on %s (%d images) for %d epochs.", chosen.number, strategy.family, mode,
                 len(train_items), budget.epochs)
     seed_everything(seed)  # before building: the head's initial weights come from this seed, as in the trial
-    backbone, data_config = create_backbone(strategy.backbone, local_zoo)
+    recipe = strategy.recipe()
+    backbone, data_config = create_backbone(strategy.backbone, local_zoo, model_kwargs=recipe.model_kwargs)
     net = TransferNet.build(backbone, strategy.freeze_depth, strategy.head_width, dataset.n_classes)
     result = fit(net, training, data_config, budget, strategy.learning_rate, seed=seed, device=torch_device,
-                 hflip=dataset.root != DIGITS, runtime=runtime, validate=False)
-    model = TransferModel(net, classes=dataset.classes, data_config=data_config,
-                          backbone=BackboneSpec.resolve(strategy.backbone, local_zoo), strategy=strategy.as_dict(),
-                          runtime=runtime)
+                 hflip=dataset.root != DIGITS, runtime=runtime, validate=False, recipe=recipe)
+    spec = BackboneSpec.resolve(strategy.backbone, local_zoo, model_kwargs=recipe.model_kwargs)
+    model = TransferModel(net, classes=dataset.classes, data_config=data_config, backbone=spec,
+                          strategy=strategy.as_dict(), runtime=runtime)
     model.training = {"study": study.study_name, "trial": chosen.number, "train_on": mode,
                       "n_images": len(train_items), "epochs": budget.epochs, "batch_size": budget.batch_size,
                       "seconds": round(result.seconds, 3), "train_loss": result.train_loss, "inputs": result.inputs,
@@ -125,7 +126,7 @@ def refit(
         metrics, predictions = evaluate_model(model, dataset, held_out, batch_size=budget.batch_size)
         model.metrics[held_out] = {**metrics, "n_images": len(predictions)}
         record.update(metrics=metrics, predictions=predictions)
-    study.set_user_attr(REFIT_ATTR, record)
+    study.set_user_attr(StudyAttr.REFIT, record)
     return model
 
 
@@ -159,11 +160,11 @@ def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     """
     trials = study.get_trials(deepcopy=False)
     if number is None:
-        try:
-            chosen = study.best_trial
-        except ValueError as err:  # Optuna's answer when no trial has completed
+        best = best_trial(study)
+        if best is None:
             raise ConfigError(f"Study {study.study_name!r} has no complete trial to refit; pass a trial number "
-                              "(--trial N) of a pruned one, or run the search longer.") from err
+                              "(--trial N) of a pruned one, or run the search longer.")
+        chosen = best
     else:
         found = [t for t in trials if t.number == number]
         if isinstance(number, bool) or not found:
@@ -173,7 +174,7 @@ def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     if chosen.state not in _FINISHED:
         raise ConfigError(f"Trial {chosen.number} is {chosen.state.name.lower()}; refit a finished trial "
                           "(complete, pruned or failed).")
-    missing = [k for k in _PARAMS if k not in chosen.params]
+    missing = [k for k in CORE if k not in chosen.params]
     if missing:
         raise ConfigError(f"Trial {chosen.number} has no {missing} (it failed before sampling its whole "
                           "strategy); choose another trial.")
@@ -192,15 +193,15 @@ def stored_dataset(study: optuna.Study, data: str | Path | None = None) -> Image
         DataError: Files of the split are missing under the folder (counted, some named).
     """
     config = _config(study)
-    root = str(data) if data is not None else study.user_attrs.get(DATA_ATTR, {}).get("root")
+    root = str(data) if data is not None else study.user_attrs.get(StudyAttr.DATA, {}).get("root")
     if root is None:
         raise ConfigError(f"Study {study.study_name!r} does not record where its images are (made by an older "
                           "autotransfer, or from in-memory images); pass the dataset folder (--data DIR, data=...).")
     if root != DIGITS:
         root = str(Path(root).expanduser().resolve())
-    dropped = {str(path) for path, _ in study.user_attrs.get(EXCLUDED_ATTR, [])}
+    dropped = {str(path) for path, _ in study.user_attrs.get(StudyAttr.EXCLUDED, [])}
     splits = {name: [(str(k), int(y)) for k, y in items if str(Path(root) / str(k)) not in dropped]
-              for name, items in study.user_attrs.get(SPLIT_ATTR, {}).items()}
+              for name, items in study.user_attrs.get(StudyAttr.SPLIT, {}).items()}
     if not splits.get("train") or not splits.get("val"):
         raise ConfigError(f"Study {study.study_name!r} has no stored train/val split; it was not made by "
                           "autotransfer.search.")
@@ -217,8 +218,8 @@ def stored_dataset(study: optuna.Study, data: str | Path | None = None) -> Image
 
 
 def _config(study: optuna.Study) -> dict[str, Any]:
-    config = study.user_attrs.get(CONFIG_ATTR)
-    if not isinstance(config, dict) or "budget" not in config or "dataset" not in config:
+    config = read_config(study)
+    if "budget" not in config or "dataset" not in config:
         raise ConfigError(f"Study {study.study_name!r} was not made by autotransfer.search (it has no stored "
                           "configuration), so it cannot be refit.")
     return config
@@ -226,10 +227,8 @@ def _config(study: optuna.Study) -> dict[str, Any]:
 
 def _budget(config: dict[str, Any], trial: FrozenTrial, epochs: int | None) -> Budget:
     """The search's budget, with ``epochs`` if given and the trial's own batch size (halved after an OOM)."""
-    stored = config["budget"]
-    return Budget(epochs=stored["epochs"] if epochs is None else epochs,
-                  batch_size=int(trial.user_attrs.get("batch_size", stored["batch_size"])),
-                  metric=stored["metric"], weight_decay=stored.get("weight_decay", 0.01))
+    batch_size = trial.user_attrs.get(TrialAttr.BATCH_SIZE)
+    return read_budget(config, epochs=epochs, batch_size=None if batch_size is None else int(batch_size))
 
 
 def _check_dataset(dataset: ImageDataset, config: dict[str, Any]) -> ImageDataset:
@@ -252,8 +251,9 @@ def _zoo(zoo: str | Path | Zoo | None, stored: str | None) -> Zoo:
 def _search_metrics(trial: FrozenTrial, metric: str) -> dict[str, Any]:
     """What the search measured for the trial: its val figures after its last epoch."""
     attrs = trial.user_attrs
-    return {"trial": trial.number, "state": trial.state.name.lower(), "metric": metric, "epochs": attrs.get("epochs"),
-            **{key: attrs[key] for key in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1") if key in attrs}}
+    return {"trial": trial.number, "state": trial.state.name.lower(), "metric": metric,
+            "epochs": attrs.get(TrialAttr.EPOCHS),
+            **{key: attrs[key] for key in map(TrialAttr.val, METRICS) if key in attrs}}
 
 
 def _now() -> str:

@@ -1,6 +1,6 @@
 """The sampler and pruner a study uses (Optuna only; importing this module does not load PyTorch).
 
-Defaults (DESIGN.md): ``TPESampler`` with every option that changed between Optuna 4 and 5 passed
+Defaults: ``TPESampler`` with every option that changed between Optuna 4 and 5 passed
 explicitly, and ``HyperbandPruner`` over epochs (Li et al., 2018, "Hyperband", JMLR 18(185)).
 
 The settings were chosen by replaying searches against a recorded grid of 144 strategies on three
@@ -18,10 +18,10 @@ import warnings
 import optuna
 
 from .errors import ConfigError, describe
+from .settings import PRUNERS
 
-__all__ = ["PRUNERS", "REDUCTION_FACTORS", "make_pruner", "make_sampler"]
+__all__ = ["REDUCTION_FACTORS", "make_pruner", "make_sampler"]
 
-PRUNERS = ("hyperband", "median", "sha", "none")
 # Default reduction factors: Hyperband's measured in benchmarks/README.md ("Search quality");
 # successive halving keeps Optuna's 3 (2 measured no better there).
 REDUCTION_FACTORS = {"hyperband": 2, "sha": 3}

@@ -15,9 +15,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .storage import CONFIG_ATTR, RUN_ATTR_PREFIX, counts_towards_budget, stop_reason
+from .records import StudyAttr, TrialAttr, best_trial, counts_towards_budget, stop_reason, study_metric
+from .space.dimensions import DIMENSIONS
 
-__all__ = ["StudyStatus", "format_status", "study_status"]
+__all__ = ["StudyStatus", "describe_params", "format_status", "study_status"]
 
 
 @dataclass
@@ -88,22 +89,28 @@ def study_status(study: optuna.Study) -> StudyStatus:
              TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
     states = {name: sum(t.state == state for t in trials) for state, name in names.items()}
     reasons = [stop_reason(t) for t in trials if t.state == TrialState.FAIL]
-    runs = sorted((v for k, v in study.user_attrs.items() if k.startswith(RUN_ATTR_PREFIX) and isinstance(v, dict)),
+    runs = sorted((v for k, v in study.user_attrs.items()
+                   if k.startswith(StudyAttr.RUN_PREFIX) and isinstance(v, dict)),
                   key=lambda r: float(r.get("started", 0.0)))
     run = runs[-1] if runs else None
-    seconds = [float(t.user_attrs["seconds"]) for t in trials if counts_towards_budget(t) and "seconds" in t.user_attrs]
-    best = None
-    try:
-        b = study.best_trial
-        best = {"number": b.number, "value": b.value, "params": dict(b.params)}
-    except ValueError:  # Optuna's answer when no trial has completed
-        pass
-    metric = study.user_attrs.get(CONFIG_ATTR, {}).get("budget", {}).get("metric", "accuracy")
-    running = [{"number": t.number, "epoch": t.user_attrs.get("epochs", 0), "worker": t.user_attrs.get("worker")}
-               for t in trials if t.state == TrialState.RUNNING]
+    seconds = [float(t.user_attrs[TrialAttr.SECONDS]) for t in trials
+               if counts_towards_budget(t) and TrialAttr.SECONDS in t.user_attrs]
+    b = best_trial(study)
+    best = None if b is None else {"number": b.number, "value": b.value, "params": dict(b.params)}
+    running = [{"number": t.number, "epoch": t.user_attrs.get(TrialAttr.EPOCHS, 0),
+                "worker": t.user_attrs.get(TrialAttr.WORKER)} for t in trials if t.state == TrialState.RUNNING]
     return StudyStatus(study.study_name, states, reasons.count("stale"), reasons.count("interrupted"),
-                       sum(counts_towards_budget(t) for t in trials), (run or {}).get("n_trials"), best, metric,
-                       running, run, statistics.median(seconds) if seconds else None, time.time())
+                       sum(counts_towards_budget(t) for t in trials), (run or {}).get("n_trials"), best,
+                       study_metric(study), running, run, statistics.median(seconds) if seconds else None, time.time())
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    """A strategy in words, every dimension it holds in declaration order: ``"m, freeze depth 0.50, lr 1.0e-03"``."""
+    parts = [params["backbone"]] if "backbone" in params else []
+    parts += [f"{dim.label} {dim.format(params[name])}" for name, dim in DIMENSIONS.items()
+              if name in params and name != "backbone"]
+    parts += [f"{name} {value}" for name, value in params.items() if name not in DIMENSIONS]
+    return ", ".join(str(p) for p in parts)
 
 
 def _duration(seconds: float) -> str:
@@ -123,11 +130,8 @@ def format_status(status: StudyStatus) -> str:
     if s.best is None:
         lines.append("  best so far: none complete")
     else:
-        p = s.best["params"]
-        lr = p.get("learning_rate")
         lines.append(f"  best so far: val {s.metric} {s.best['value']:.4f} (trial {s.best['number']}): "
-                     f"{p.get('backbone')}, freeze depth {p.get('freeze_depth')}, head width {p.get('head_width')}, "
-                     f"lr {lr:.2e}" if isinstance(lr, float) else f"  best so far: {s.best}")
+                     + describe_params(s.best["params"]))
     for r in s.running:
         w = r["worker"] or {}
         lines.append(f"  running: trial {r['number']}, {r['epoch']} epoch(s) done, worker {w.get('index', '?')} "

@@ -1,6 +1,6 @@
 """Where studies live: SQLite, a journal file, or a database server, and how to read them back.
 
-Three storages (DESIGN.md, "Storage"):
+Three storages:
 
 * ``sqlite:///PATH``: the embedded default, one worker process at a time (SQLite with several
   writing processes fails with "database is locked", so more workers are refused).
@@ -27,67 +27,20 @@ import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import FrozenTrial, TrialState
 
 from .errors import ConfigError, describe
 
 __all__ = [
-    "CONFIG_ATTR",
-    "DATA_ATTR",
-    "EXCLUDED_ATTR",
-    "REFIT_ATTR",
-    "RUN_ATTR_PREFIX",
-    "SPLIT_ATTR",
-    "TEST_ATTR",
-    "UNCOUNTED_REASONS",
-    "counts_towards_budget",
-    "default_storage",
+    "check_workers",
     "load_existing_study",
     "make_storage",
     "sqlite_path",
     "stale_retry_callback",
-    "stop_reason",
     "storage_file",
     "storage_kind",
 ]
 
-# The study user attributes autotransfer writes; the report reads them back.
-CONFIG_ATTR = "autotransfer.config"  # dataset, split method, space, budget, baseline
-SPLIT_ATTR = "autotransfer.split"  # {"train"|"val"|"test": [[key, label], ...]}
-TEST_ATTR = "autotransfer.test"  # {"trial", "metrics", "predictions"} of the final pick on test
-DATA_ATTR = "autotransfer.data"  # {"root", "seed", "hflip", "zoo"}: where a refit finds the images and weights
-REFIT_ATTR = "autotransfer.refit"  # the latest refit: {"trial", "eval_split", "metrics", "predictions", ...}
-EXCLUDED_ATTR = "autotransfer.excluded"  # [[path, reason], ...] of undecodable files
-RUN_ATTR_PREFIX = "autotransfer.run."  # + "HOST.PID": {"started", "timeout", "n_trials", "workers"}
-
-# Failed trials that do not use up --n-trials: the strategy was not judged, only cut short.
-UNCOUNTED_REASONS = frozenset({"interrupted", "stale"})
-_RDB_SCHEMES = ("postgresql", "mysql", "oracle", "mssql")
 MAX_STALE_RETRIES = 3  # a strategy that keeps killing its worker (host OOM killer) is given up after this
-
-
-def stop_reason(trial: FrozenTrial) -> str:
-    """Why a trial ended (or what it is doing), as the leaderboard and report show it.
-
-    Trials record ``stop_reason`` themselves; a failed trial without one (or still saying
-    ``running``) was failed by someone else because its process died: ``stale``.
-    """
-    reason = trial.user_attrs.get("stop_reason")
-    if trial.state == TrialState.RUNNING:
-        return "running"
-    if trial.state == TrialState.WAITING:
-        retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
-        return "waiting" if retried is None else f"waiting (retry of stale trial {retried})"
-    if trial.state == TrialState.FAIL and reason in (None, "", "running"):
-        return "stale"
-    return str(reason or "")
-
-
-def counts_towards_budget(trial: FrozenTrial) -> bool:
-    """Whether a trial counts towards ``n_trials``: complete, pruned, or failed on its own merits."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and stop_reason(trial) not in UNCOUNTED_REASONS
 
 
 def stale_retry_callback() -> RetryHeartbeatStaleTrialCallback:
@@ -119,21 +72,6 @@ def storage_kind(url: str | None) -> str:
     if "://" in url:
         return "rdb"
     return "journal"
-
-
-def default_storage(out: Path, workers: int) -> str:
-    """The storage of an output folder: its existing ``study.journal`` or ``study.db``, else by ``workers``.
-
-    Raises:
-        ConfigError: ``workers > 1`` and the folder's study is in SQLite.
-    """
-    journal, db = out / "study.journal", out / "study.db"
-    if journal.is_file() or (workers > 1 and not db.is_file()):
-        return str(journal.resolve())
-    url = f"sqlite:///{db.resolve()}"
-    if workers > 1:
-        check_workers(url, workers)
-    return url
 
 
 def check_workers(url: str | None, workers: int) -> None:

@@ -1,8 +1,8 @@
 """The study: storage, resume checks, the baseline trial, and the ``search`` entry point.
 
 The sampler and pruner come from :mod:`autotransfer.samplers`. The study stores its configuration
-(dataset fingerprint, split, search space, budget, baseline) as user attributes and refuses to resume
-with a different one.
+(format version, dataset fingerprint, split, search space, budget, baseline) as user attributes
+(:mod:`autotransfer.records`) and refuses to resume with a different one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import logging
 import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,44 +22,40 @@ from optuna.trial import FrozenTrial
 from . import interrupt
 from .data import ImageDataset, load_dataset
 from .errors import ConfigError, StudyMismatchError, describe
-from .inputs import Runtime
 from .leaderboard import leaderboard
-from .objective import EpochProgress
+from .objective import EpochProgress, Objective
+from .outputs import OutputFolder
+from .records import (
+    FORMAT_VERSION,
+    StudyAttr,
+    TrialAttr,
+    best_trial,
+    budget_record,
+    read_config,
+    study_metric,
+    trial_family,
+)
 from .recovery import finished_trials, reclaim_stale_trials, record_run
 from .report import OutputWriter
-from .samplers import PRUNERS, make_pruner, make_sampler
-from .search_space import SearchSpace, Strategy, load_search_space
-from .storage import (
-    CONFIG_ATTR,
-    DATA_ATTR,
-    EXCLUDED_ATTR,
-    SPLIT_ATTR,
-    check_workers,
-    default_storage,
-    load_existing_study,
-    make_storage,
-)
-from .trainer import Budget, resolve_device
+from .runtime import Runtime
+from .samplers import make_pruner
+from .settings import METRICS, Budget, SearchSettings, split_options
+from .space.search_space import SearchSpace, load_search_space
+from .space.strategy import Strategy
+from .storage import check_workers, load_existing_study, make_storage
+from .trainer import resolve_device
 from .workers import WorkerJob, run_worker, run_workers
 from .zoo import Zoo, check_backbones, load_zoo
 
 if TYPE_CHECKING:
     from .model import TransferModel
 
-__all__ = [
-    "PRUNERS",
-    "SearchResult",
-    "finished_trials",
-    "make_pruner",
-    "make_sampler",
-    "open_study",
-    "search",
-    "study_config",
-]
+__all__ = ["SearchResult", "open_study", "search", "study_config"]
 
 logger = logging.getLogger(__name__)
 
 StudyCallback = Callable[[optuna.Study, FrozenTrial], None]
+_NOT_COMPARED = ("baseline", "format_version")  # fixed when the study is created, or how it is written
 
 
 def study_config(dataset: ImageDataset, space: SearchSpace, budget: Budget,
@@ -74,26 +70,26 @@ def study_config(dataset: ImageDataset, space: SearchSpace, budget: Budget,
             is fixed when the study is created and not compared on resume.
     """
     return {
+        "format_version": FORMAT_VERSION,
         "dataset": {"name": dataset.name, "classes": list(dataset.classes), "counts": dataset.counts(),
                     "fingerprint": dataset.fingerprint()},
         "split": {"method": dataset.split_method, "seed": dataset.split_seed},
         "space": space.as_dict(),
-        "budget": {"epochs": budget.epochs, "batch_size": budget.batch_size, "metric": budget.metric,
-                   "weight_decay": budget.weight_decay},
+        "budget": budget_record(budget),
         "baseline": baseline,
     }
 
 
 def open_study(storage: str | optuna.storages.BaseStorage | None, study_name: str, config: dict[str, Any],
-               *, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
-               split: dict[str, Any] | None = None) -> optuna.Study:
+               *, pruner: optuna.pruners.BasePruner, split: dict[str, Any] | None = None) -> optuna.Study:
     """Create the study, or load it and check it was made with the same configuration.
+
+    The sampler is not set here: every worker sets its own (:func:`~autotransfer.workers.run_worker`).
 
     Args:
         storage: Optuna storage URL or object (None: in memory).
         study_name: Study name.
         config: From :func:`study_config`.
-        sampler: The sampler.
         pruner: The pruner.
         split: The split to store with a new study (``ImageDataset.split_record()``).
 
@@ -101,16 +97,17 @@ def open_study(storage: str | optuna.storages.BaseStorage | None, study_name: st
         StudyMismatchError: The stored study was made with a different dataset, split, space or budget.
     """
     study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
-                                sampler=sampler, pruner=pruner, load_if_exists=True)
-    stored = study.user_attrs.get(CONFIG_ATTR)
-    if stored is None:
-        study.set_user_attr(CONFIG_ATTR, config)
+                                sampler=optuna.samplers.RandomSampler(),  # replaced by each worker's
+                                pruner=pruner, load_if_exists=True)
+    stored = read_config(study)
+    if not stored:
+        study.set_user_attr(StudyAttr.CONFIG, config)
         if split is not None:
-            study.set_user_attr(SPLIT_ATTR, split)
+            study.set_user_attr(StudyAttr.SPLIT, split)
         return study
     differences = [f"{key}: stored {json.dumps(stored.get(key), sort_keys=True)[:300]}, "
                    f"requested {json.dumps(config[key], sort_keys=True)[:300]}"
-                   for key in config if key != "baseline" and stored.get(key) != config[key]]
+                   for key in config if key not in _NOT_COMPARED and stored.get(key) != config[key]]
     if differences:
         raise StudyMismatchError(
             f"Study {study_name!r} was created with a different configuration, so its "
@@ -135,7 +132,6 @@ class SearchResult:
     study: optuna.Study
     dataset: ImageDataset | None = None
     out: Path | None = None
-    _metric: str = field(default="accuracy", repr=False)
     zoo: Zoo | None = None
     device: str = "auto"
     runtime: Runtime | None = None
@@ -151,9 +147,7 @@ class SearchResult:
         Raises:
             ConfigError: The storage or study does not exist (the message lists the names it holds).
         """
-        study = load_existing_study(storage, study_name)
-        metric = str(study.user_attrs.get(CONFIG_ATTR, {}).get("budget", {}).get("metric", "accuracy"))
-        return cls(study, _metric=metric)
+        return cls(load_existing_study(storage, study_name))
 
     def refit(self, *, trial: int | None = None, epochs: int | None = None, train_on: str = "auto",
               device: str | None = None) -> TransferModel:
@@ -180,181 +174,158 @@ class SearchResult:
     @property
     def leaderboard(self) -> pd.DataFrame:
         """One row per trial, ranked (see :func:`autotransfer.leaderboard`)."""
-        return leaderboard(self.study, self._metric)
+        return leaderboard(self.study, study_metric(self.study))
 
     @property
     def best(self) -> dict[str, Any] | None:
         """The best complete trial's strategy and metrics as a dict, or None if none completed."""
-        trial = self._best_trial()
+        trial = best_trial(self.study)
         if trial is None:
             return None
-        return {**trial.params, "trial": trial.number, **{k: trial.user_attrs.get(k) for k in (
-            "family", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "epochs", "seconds",
-            "trainable_params")}}
+        attrs = trial.user_attrs
+        return {**trial.params, "trial": trial.number, "family": trial_family(trial),
+                **{TrialAttr.val(m): attrs.get(TrialAttr.val(m)) for m in METRICS},
+                **{k: attrs.get(k) for k in (TrialAttr.EPOCHS, TrialAttr.SECONDS, TrialAttr.TRAINABLE_PARAMS)}}
 
     @property
     def best_value(self) -> float | None:
         """The best complete trial's objective value (validation metric), or None."""
-        trial = self._best_trial()
+        trial = best_trial(self.study)
         return None if trial is None else trial.value
-
-    def _best_trial(self) -> FrozenTrial | None:
-        try:
-            return self.study.best_trial
-        except ValueError:  # Optuna's answer when no trial has completed
-            return None
 
 
 def search(
     data: str | Path | ImageDataset,
     *,
     space: str | Path | SearchSpace | dict[str, Any] = "default",
-    n_trials: int | None = 20,
-    timeout: float | None = None,
-    epochs: int = 3,
-    batch_size: int = 32,
-    metric: str = "accuracy",
-    pruner: str = "hyperband",
-    storage: str | None = None,
-    study_name: str | None = None,
-    out: str | Path | None = None,
+    settings: SearchSettings | None = None,
+    budget: Budget | None = None,
+    runtime: Runtime | None = None,
     zoo: str | Path | Zoo | None = None,
-    seed: int = 0,
-    device: str = "auto",
     on_epoch: EpochProgress | None = None,
     callbacks: Sequence[StudyCallback] = (),
-    baseline: bool = True,
-    report_every: float = 30.0,
-    workers: int = 1,
-    trial_timeout: float | None = None,
-    heartbeat_interval: int = 60,
-    cache: bool = True,
-    cache_mb: float = 1024.0,
-    compile: bool = False,
-    amp: bool | None = None,
+    **options: Any,
 ) -> SearchResult:
     """Search transfer strategies for a dataset and return the ranked result.
 
-    Everything is validated (dataset scanned, space parsed, backbones resolved, storage opened,
-    stored study configuration compared) before the first trial trains. Re-running with the same
-    storage and study name resumes: finished trials are kept, ``n_trials`` counts the total, and
-    trials a killed process left RUNNING are marked failed (``stale``) and their strategies retried.
-    SIGINT and SIGTERM end the running trial (``interrupted``), write the outputs, then raise
-    :class:`~autotransfer.interrupt.Interrupted`.
+    Everything is validated (options, dataset scanned, space parsed, backbones resolved, storage
+    opened, stored study configuration compared) before the first trial trains. Re-running with
+    the same storage and study name resumes: finished trials are kept, ``n_trials`` counts the
+    total, and trials a killed process left RUNNING are marked failed (``stale``) and their
+    strategies retried. SIGINT and SIGTERM end the running trial (``interrupted``), write the
+    outputs, then raise :class:`~autotransfer.interrupt.Interrupted`.
+
+    Settings come in three objects, each validated on construction: ``settings``
+    (:class:`~autotransfer.settings.SearchSettings`, the study level), ``budget``
+    (:class:`~autotransfer.settings.Budget`, per trial) and ``runtime``
+    (:class:`~autotransfer.inputs.Runtime`, caches and accelerator). Any of their fields may also
+    be given as a keyword, which overrides the object's field, e.g.
+    ``search("digits", n_trials=10, epochs=2, cache_mb=256)``:
+
+    * study: ``n_trials`` (20; total finished trials, None: until ``timeout``), ``timeout``
+      (seconds of this run after which no trial starts), ``trial_timeout`` (seconds one trial may
+      run), ``pruner`` (``"hyperband"``, ``"median"``, ``"sha"``, ``"none"``), ``seed`` (the split,
+      the sampler and every trial), ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``; with several
+      workers ``auto``/``cuda`` give worker k GPU ``k % n_gpus``), ``storage`` (``sqlite:///PATH``,
+      a journal file path or a database server URL; default ``OUT/study.db`` for one worker,
+      ``OUT/study.journal`` for several, or whichever ``OUT`` already holds; in memory without
+      ``out``), ``study_name`` (default: the dataset's name), ``out`` (folder of the storage,
+      cache, ``leaderboard.csv`` and ``report.html``; None writes nothing), ``workers`` (processes
+      sharing the storage, not SQLite), ``heartbeat_interval`` (seconds, database servers),
+      ``baseline`` (run the textbook recipe first in a new study, widening the space to hold it),
+      ``report_every`` (minimum seconds between report refreshes);
+    * trial: ``epochs`` (3, maximum per trial), ``batch_size`` (32), ``metric`` (``"accuracy"``,
+      ``"balanced_accuracy"``, ``"macro_f1"`` on val);
+    * machine: ``cache`` (False recomputes everything; results do not change), ``cache_mb``
+      (memory bound per process, MiB), ``compile`` (``torch.compile``), ``amp`` (bf16 autocast;
+      None: on for CUDA with bf16), and the other :class:`~autotransfer.inputs.Runtime` fields.
 
     Args:
         data: Image folder, folder with ``train/`` and ``val/``, ``"digits"``, or an
             :class:`~autotransfer.data.ImageDataset`.
         space: Search space: bundled name (``"default"``, ``"small"``, ``"demo"``), YAML path,
-            mapping or :class:`SearchSpace`.
-        n_trials: Total finished trials wanted in the study (None: until ``timeout``); interrupted
-            and stale trials do not count.
-        timeout: Stop starting trials after this many seconds of this run (None: no limit).
-        epochs: Maximum epochs per trial.
-        batch_size: Images per step.
-        metric: Objective: ``"accuracy"``, ``"balanced_accuracy"`` or ``"macro_f1"`` on val.
-        pruner: ``"hyperband"``, ``"median"``, ``"sha"`` or ``"none"``.
-        storage: ``sqlite:///PATH``, a journal file path, or a database server URL
-            (``postgresql://...``). Default: ``OUT/study.db`` (SQLite) for one worker,
-            ``OUT/study.journal`` for several, or whichever of them ``OUT`` already holds; in
-            memory when ``out`` is None.
-        study_name: Default: the dataset's name.
-        out: Folder for the storage, ``leaderboard.csv`` and ``report.html`` (None: write nothing).
-        zoo: Local zoo file (default ``$AUTOTRANSFER_ZOO``) or :class:`Zoo`.
-        seed: Seeds the split, the sampler and every trial.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``; with several workers ``auto``/``cuda`` give
-            worker k GPU ``k % n_gpus``.
+            mapping or :class:`~autotransfer.space.search_space.SearchSpace`.
+        settings: Study settings (default :class:`~autotransfer.settings.SearchSettings()`).
+        budget: Per-trial budget (default :class:`~autotransfer.settings.Budget()`).
+        runtime: Caches and accelerator (default :class:`~autotransfer.inputs.Runtime()`, with the
+            feature cache in ``OUT/cache``).
+        zoo: Local zoo file (default ``$AUTOTRANSFER_ZOO``) or :class:`~autotransfer.zoo.Zoo`.
         on_epoch: Called as ``on_epoch(trial, epoch, val_metrics)`` after every epoch.
-        callbacks: Optuna callbacks ``(study, frozen_trial)`` run after every trial.
-        baseline: Run the textbook recipe (:data:`~autotransfer.search_space.BASELINE_RECIPE` on the
-            space's first backbone) as the first trial of a new study, widening the space to
-            contain it if needed. Fixed when the study is created.
-        report_every: Minimum seconds between two refreshes of ``report.html`` during the search
-            (``leaderboard.csv`` is rewritten after every trial; both are written at the end).
-        workers: Worker processes sharing the storage (not SQLite). ``on_epoch`` and
-            ``callbacks`` must then be picklable; they run in the workers.
-        trial_timeout: Seconds one trial may run; a longer one is pruned at its last epoch (or
-            failed before its first) with reason ``timeout: ...``. None: no limit.
-        heartbeat_interval: Seconds between heartbeats of running trials on a database server; a
-            trial silent for twice as long is failed as stale and retried.
-        cache: Cache what trials repeat (decoded images, pooled features of frozen backbones in
-            ``OUT/cache/features``, frozen-prefix activations); it never changes a result.
-            False recomputes everything (for comparison).
-        cache_mb: Memory bound of each worker process's cache, in MiB.
-        compile: Wrap each trained module in ``torch.compile``.
-        amp: bf16 autocast; None: on for CUDA devices that support it, off on CPU.
+        callbacks: Optuna callbacks ``(study, frozen_trial)`` run after every trial. With several
+            workers, ``on_epoch`` and ``callbacks`` must be picklable; they run in the workers.
+        **options: Fields of the three settings objects, as above.
 
     Returns:
         A :class:`SearchResult` with ``.leaderboard``, ``.best``, ``.best_value`` and ``.study``.
 
     Raises:
-        ConfigError: A bad option, space, zoo or storage (SQLite with several workers).
+        ConfigError: A bad option, space, zoo or storage (SQLite with several workers), or an
+            output folder that cannot be written.
         DataError: A bad dataset, or a val/test image became unreadable mid-run.
         WeightsNotFoundError: A backbone has no weights. StudyMismatchError: resuming a study made
             with another configuration. Interrupted (a ``KeyboardInterrupt``): SIGINT or SIGTERM,
             raised after the outputs are written.
     """
-    _check_limits(n_trials, timeout, trial_timeout)
-    runtime = Runtime(cache=cache, cache_mb=cache_mb, compile=compile, amp=amp,
-                      cache_dir=Path(out) / "cache" if out is not None and cache else None)
-    budget = Budget(epochs=epochs, batch_size=batch_size, metric=metric)
-    sampler, pruner_obj = make_sampler(seed), make_pruner(pruner, epochs)
-    resolve_device(device)
+    settings, budget, runtime = _settings(settings, budget, runtime, options)
+    device = resolve_device(settings.device)
     search_space = load_search_space(space)
-    recipe = _baseline_record(search_space) if baseline else None
+    recipe = _baseline_record(search_space) if settings.baseline else None
     local_zoo = zoo if isinstance(zoo, Zoo) else load_zoo(zoo)
     check_backbones(search_space.backbones, local_zoo)
-    out_dir = Path(out) if out is not None else None
-    storage = storage or (default_storage(out_dir, workers) if out_dir is not None else None)
-    check_workers(storage, workers)
-    if workers > 1:
+    folder = OutputFolder(settings.out) if settings.out is not None else None
+    storage = settings.storage or (folder.storage_url(settings.workers) if folder is not None else None)
+    check_workers(storage, settings.workers)
+    if settings.workers > 1:
         _check_picklable(on_epoch=on_epoch, callbacks=callbacks)
-    dataset = data if isinstance(data, ImageDataset) else load_dataset(data, seed=seed)
+    dataset = data if isinstance(data, ImageDataset) else load_dataset(data, seed=settings.seed)
     for path, reason in dataset.excluded:
         logger.warning("Excluded (cannot be decoded): %s: %s", path, reason)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    study = open_study(make_storage(storage, heartbeat_interval=heartbeat_interval), study_name or dataset.name,
-                       study_config(dataset, search_space, budget, recipe), sampler=sampler, pruner=pruner_obj,
-                       split=dataset.split_record())
-    study.set_user_attr(EXCLUDED_ATTR, [list(item) for item in dataset.excluded])
-    study.set_user_attr(DATA_ATTR, {"root": dataset.root, "seed": seed,
-                                    "zoo": str(local_zoo.path) if local_zoo.path else None})
+    if folder is not None:
+        folder.create()
+        if runtime.cache and runtime.cache_dir is None:
+            runtime = replace(runtime, cache_dir=folder.cache)
+    study = open_study(make_storage(storage, heartbeat_interval=settings.heartbeat_interval),
+                       settings.study_name or dataset.name, study_config(dataset, search_space, budget, recipe),
+                       pruner=make_pruner(settings.pruner, budget.epochs), split=dataset.split_record())
+    study.set_user_attr(StudyAttr.EXCLUDED, [list(item) for item in dataset.excluded])
+    study.set_user_attr(StudyAttr.DATA, {"root": dataset.root, "seed": settings.seed,
+                                         "zoo": str(local_zoo.path) if local_zoo.path else None})
     reclaim_stale_trials(study)
-    job = WorkerJob(dataset, _with_baseline(study, search_space), budget, local_zoo, device, seed, pruner, storage,
-                    study.study_name, n_trials, timeout, trial_timeout, heartbeat_interval,
-                    len(study.get_trials(deepcopy=False)), out_dir, report_every, on_epoch, callbacks, runtime)
-    _run(job, study, workers)
-    return SearchResult(study, dataset, out_dir, metric, local_zoo, device, runtime)
+    objective = Objective(dataset, _with_baseline(study, search_space), budget, local_zoo, settings, runtime, device,
+                          on_epoch=on_epoch)
+    job = WorkerJob(objective, storage, study.study_name, len(study.get_trials(deepcopy=False)), callbacks)
+    _run(job, study)
+    return SearchResult(study, dataset, settings.out, local_zoo, settings.device, runtime)
 
 
-def _run(job: WorkerJob, study: optuna.Study, workers: int) -> None:
+def _settings(settings: SearchSettings | None, budget: Budget | None, runtime: Runtime | None,
+              options: dict[str, Any]) -> tuple[SearchSettings, Budget, Runtime]:
+    """The three settings objects, with ``options`` overriding their fields (validated on construction)."""
+    study, trial, machine = split_options(options, SearchSettings, Budget, Runtime)
+    return (replace(settings or SearchSettings(), **study), replace(budget or Budget(), **trial),
+            replace(runtime or Runtime(), **machine))
+
+
+def _run(job: WorkerJob, study: optuna.Study) -> None:
     """Run the remaining trials, write the outputs (also on errors), raise if a signal stopped it."""
-    remaining = None if job.n_trials is None else job.n_trials - finished_trials(study)
-    record_run(study, n_trials=job.n_trials, timeout=job.timeout, workers=workers)
-    writer = OutputWriter(job.out, every=job.report_every) if job.out is not None else None
+    settings = job.settings
+    remaining = None if settings.n_trials is None else settings.n_trials - finished_trials(study)
+    record_run(study, n_trials=settings.n_trials, timeout=settings.timeout, workers=settings.workers)
+    out = settings.out
+    writer = OutputWriter(out, every=settings.report_every) if out is not None else None
     with interrupt.graceful_stop(hard_exit=False):
         try:
             if remaining is not None and remaining <= 0:
                 logger.info("Study %r already has %d finished trials; nothing to run.", study.study_name,
-                            job.n_trials)
-            elif workers == 1:
+                            settings.n_trials)
+            elif settings.workers == 1:
                 run_worker(job, 0, remaining, study=study, callbacks=[writer] if writer is not None else [])
             else:
-                run_workers(job, workers, study, remaining)
+                run_workers(job, settings.workers, study, remaining)
         finally:
             if writer is not None:
                 writer.final(study)
         interrupt.check()
-
-
-def _check_limits(n_trials: int | None, timeout: float | None, trial_timeout: float | None) -> None:
-    if n_trials is not None and (isinstance(n_trials, bool) or n_trials < 1):
-        raise ConfigError(describe("n_trials", "a positive integer or None", n_trials))
-    if timeout is not None and not timeout > 0:
-        raise ConfigError(describe("timeout", "a positive number of seconds or None", timeout))
-    if trial_timeout is not None and not trial_timeout > 0:
-        raise ConfigError(describe("trial_timeout", "a positive number of seconds or None", trial_timeout))
 
 
 def _check_picklable(**hooks: object) -> None:
@@ -380,14 +351,14 @@ def _with_baseline(study: optuna.Study, space: SearchSpace) -> SearchSpace:
     The stored configuration decides, so a resumed study keeps the space its trials were drawn from
     whatever ``baseline`` says now.
     """
-    record = study.user_attrs.get(CONFIG_ATTR, {}).get("baseline")
+    record = read_config(study).get("baseline")
     if record is None:
         return space
-    strategy = Strategy(**record["params"])
+    strategy = Strategy.from_params(record["params"])
     widened, changes = space.including(strategy)
     if not study.get_trials(deepcopy=False):
         for change in changes:
             logger.warning("Baseline: widened the search space to hold the textbook recipe: %s "
                            "(pass --no-baseline to search the space as given).", change)
-        study.enqueue_trial(strategy.as_dict(), user_attrs={"baseline": True})
+        study.enqueue_trial(strategy.as_dict(), user_attrs={TrialAttr.BASELINE: True})
     return widened

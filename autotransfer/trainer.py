@@ -28,45 +28,17 @@ from torch import nn
 from . import interrupt
 from .data import ImageDataset
 from .errors import ConfigError, TrialFailed, TrialTimeout, describe
-from .inputs import Preprocess, Runtime, image_loader, split_images
+from .inputs import Preprocess, image_loader, split_images
 from .plan import TrialInputs, prepare_inputs
+from .runtime import Runtime
+from .settings import Budget
+from .space.dimensions import Recipe
 from .transfer import TransferNet
 
-__all__ = ["METRICS", "Budget", "TrainResult", "classification_metrics", "evaluate", "evaluate_split", "fit",
-           "make_transforms", "predict_labels", "resolve_device"]
+__all__ = ["TrainResult", "classification_metrics", "evaluate_split", "fit", "predict_labels", "resolve_device",
+           "seed_everything"]
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 EpochCallback = Callable[[int, dict[str, float]], bool]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What one trial may spend, and the objective it is scored by.
-
-    Attributes:
-        epochs: Maximum epochs per trial (the fidelity unit for pruning).
-        batch_size: Images per optimisation step.
-        metric: Validation metric maximised: ``"accuracy"``, ``"balanced_accuracy"`` or ``"macro_f1"``.
-        weight_decay: AdamW weight decay (0.01, PyTorch's AdamW default).
-
-    Raises:
-        ConfigError: A value is out of range (raised on construction).
-    """
-
-    epochs: int = 3
-    batch_size: int = 32
-    metric: str = "accuracy"
-    weight_decay: float = 0.01
-
-    def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ConfigError(describe("epochs", "a positive integer", self.epochs))
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(describe("batch_size", "a positive integer", self.batch_size))
-        if self.metric not in METRICS:
-            raise ConfigError(describe("metric", f"one of {list(METRICS)}", self.metric))
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise ConfigError(describe("weight_decay", "a non-negative number", self.weight_decay))
 
 
 @dataclass
@@ -133,25 +105,6 @@ def resolve_device(device: str) -> torch.device:
     raise ConfigError(describe("device", "'auto', 'cpu' or 'cuda'", device))
 
 
-def make_transforms(data_config: dict[str, Any], *, hflip: bool = True) -> tuple[Any, Any]:
-    """Train and eval transforms from a backbone's data config, through timm.
-
-    Args:
-        data_config: From ``timm.data.resolve_model_data_config``.
-        hflip: Whether training flips images horizontally (off for digits and text).
-
-    Returns:
-        ``(train_transform, eval_transform)``; each maps a PIL image to a float tensor of shape
-        ``(3, H, W)`` with ``(H, W) = data_config["input_size"][1:]``.
-    """
-    common = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std")}
-    train = timm.data.create_transform(**common, is_training=True, scale=(0.5, 1.0),
-                                       hflip=0.5 if hflip else 0.0, color_jitter=None)  # type: ignore[arg-type]
-    evaluation = timm.data.create_transform(**common, crop_pct=data_config.get("crop_pct"),
-                                            crop_mode=data_config.get("crop_mode"))
-    return train, evaluation
-
-
 @torch.inference_mode()
 def predict_labels(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *,
                    check: Callable[[], None] = interrupt.check,
@@ -200,21 +153,6 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, loss: float) 
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "loss": loss,
     }
-
-
-def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             device: torch.device) -> dict[str, float]:
-    """Validation metrics of ``model`` over ``loader``.
-
-    Args:
-        model: Maps ``(B, 3, H, W)`` to logits ``(B, n_classes)``.
-        loader: Yields ``(images, labels)``.
-        device: Where the model lives.
-
-    Returns:
-        ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (scikit-learn) and mean cross-entropy ``loss``.
-    """
-    return classification_metrics(*predict_labels(model, loader, device))
 
 
 def evaluate_split(model: nn.Module, dataset: ImageDataset, data_config: dict[str, Any], split: str, *,
@@ -269,6 +207,7 @@ def fit(
     deadline: float | None = None,
     runtime: Runtime | None = None,
     validate: bool = True,
+    recipe: Recipe | None = None,
 ) -> TrainResult:
     """Train ``model`` on the train split for up to ``budget.epochs`` epochs.
 
@@ -294,6 +233,9 @@ def fit(
         validate: Evaluate on val after every epoch. False (a refit, which trains on train+val)
             runs all ``budget.epochs`` without evaluating or calling ``on_epoch``; the result's
             ``metrics``, ``history`` and ``predictions`` are then empty.
+        recipe: The strategy's training recipe beyond the learning rate (weight decay, optimizer
+            groups, loss, extra loss terms, augmentation; :meth:`Strategy.recipe
+            <autotransfer.space.strategy.Strategy.recipe>`). Default: :class:`~autotransfer.space.dimensions.Recipe()`.
 
     Returns:
         The :class:`TrainResult`.
@@ -305,7 +247,7 @@ def fit(
         BadImageError: An image could not be read.
     """
     start = time.perf_counter()
-    runtime = runtime or Runtime()
+    runtime, recipe = runtime or Runtime(), recipe or Recipe()
     seed_everything(seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
@@ -320,10 +262,10 @@ def fit(
     predictions: list[list[int]] = []
     with prepare_inputs(model, dataset, data_config, budget.batch_size, seed=seed, device=device,
                         runtime=runtime, hflip=hflip, check=lambda: _check_stop(deadline, 1),
-                        validate=validate) as inputs:
+                        validate=validate, recipe=recipe) as inputs:
         trained: Any = torch.compile(inputs.module) if runtime.compile else inputs.module
-        optimizer = timm.optim.create_optimizer_v2(inputs.module, opt="adamw", lr=learning_rate,
-                                                   weight_decay=budget.weight_decay)
+        optimizer = make_optimizer(inputs.module, learning_rate, recipe)
+        loss_fn = _loss(inputs.module, recipe)
         scheduler, _ = timm.scheduler.create_scheduler_v2(
             optimizer, sched="cosine", num_epochs=budget.epochs, min_lr=0.0, warmup_epochs=0,
             step_on_epochs=False, updates_per_epoch=len(inputs.train))
@@ -332,7 +274,8 @@ def fit(
                 _check_stop(deadline, epoch)
 
             tick = time.perf_counter()
-            train_loss.append(_train_epoch(trained, inputs, optimizer, scheduler, epoch, device, runtime, check))
+            train_loss.append(_train_epoch(trained, inputs, optimizer, scheduler, epoch, device, runtime, check,
+                                           loss_fn))
             _synchronize(device)
             train_seconds.append(time.perf_counter() - tick)
             if inputs.val is None:
@@ -349,6 +292,35 @@ def fit(
                        history, inputs.mode, train_loss, train_seconds, eval_seconds, predictions)
 
 
+def make_optimizer(module: nn.Module, learning_rate: float, recipe: Recipe) -> torch.optim.Optimizer:
+    """AdamW over ``module``'s trainable parameters, through ``timm.optim.create_optimizer_v2``.
+
+    Biases and norm weights get no weight decay (``timm.optim.param_groups_weight_decay``); the
+    recipe's ``param_groups`` rules then edit the groups in turn (e.g. per-layer rates).
+    """
+    if not recipe.param_groups:
+        return timm.optim.create_optimizer_v2(module, opt="adamw", lr=learning_rate, weight_decay=recipe.weight_decay)
+    groups: list[dict[str, Any]] = timm.optim.param_groups_weight_decay(module, recipe.weight_decay)
+    for rule in recipe.param_groups:
+        groups = rule(module, groups)
+    return timm.optim.create_optimizer_v2(groups, opt="adamw", lr=learning_rate, weight_decay=0.0)
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _loss(module: nn.Module, recipe: Recipe) -> LossFn:
+    """The training loss of logits ``(B, K)`` and labels ``(B,)``: the recipe's (cross-entropy) plus its terms."""
+    base: LossFn = recipe.loss() if recipe.loss is not None else F.cross_entropy
+    if not recipe.extra_loss:
+        return base
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return base(logits, labels) + sum((term(module) for term in recipe.extra_loss), torch.zeros(()))
+
+    return loss
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -361,7 +333,8 @@ def _check_stop(deadline: float | None, epoch: int) -> None:
 
 
 def _train_epoch(model: nn.Module, inputs: TrialInputs, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 epoch: int, device: torch.device, runtime: Runtime, check: Callable[[], None]) -> float:
+                 epoch: int, device: torch.device, runtime: Runtime, check: Callable[[], None],
+                 loss_fn: LossFn) -> float:
     """One pass over the train batches (each batch's gradient accumulated over micro-batches); the mean loss."""
     model.train()
     updates = (epoch - 1) * len(inputs.train)
@@ -373,7 +346,7 @@ def _train_epoch(model: nn.Module, inputs: TrialInputs, optimizer: torch.optim.O
         total = torch.zeros((), device=device)
         for xs, ys in zip(x.split(micro), y.split(micro), strict=True):
             # the mean loss over the batch, as a sum of micro-batch means weighted by their share
-            loss = F.cross_entropy(_forward(model, xs, device, runtime), ys.to(device, non_blocking=True))
+            loss = loss_fn(_forward(model, xs, device, runtime), ys.to(device, non_blocking=True))
             loss = loss * (len(ys) / len(y))
             loss.backward()
             total += loss.detach()

@@ -1,6 +1,6 @@
 """Freezing and heads: turn a pretrained backbone into a transfer model.
 
-Freeze depth follows DESIGN.md: the backbone's parameters are grouped into timm's fine block
+Freeze depth is a fraction of block groups: the backbone's parameters are grouped into timm's fine block
 groups (``model.group_matcher(coarse=False)`` through ``timm.models.group_parameters``, or
 ``timm.optim.auto_group_layers`` for architectures without a matcher), ordered from the stem to
 the last block; ``freeze_depth`` is the fraction of those groups frozen, counted from the stem.

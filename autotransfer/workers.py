@@ -4,7 +4,7 @@
 training holds the GIL in Python code). Each worker opens the study itself, gets its own
 sampler seed stream (:func:`~autotransfer.recovery.worker_seed`), its own device (round-robin
 over the visible GPUs) and ``1/N`` of the CPU threads, and runs trials while
-:class:`~autotransfer.recovery.TrialBudget` allows. TPE's ``constant_liar`` makes each worker
+:class:`~autotransfer.recovery.TrialQuota` allows. TPE's ``constant_liar`` makes each worker
 see the others' running trials, so they spread out instead of sampling the same strategy.
 
 joblib is not used for the processes: on an interrupt its loky backend terminates the workers
@@ -21,25 +21,22 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial
 
 from . import interrupt
-from .data import ImageDataset
 from .errors import AutotransferError, TrialFailed
-from .inputs import Runtime
-from .objective import EpochProgress, Objective
-from .recovery import TrialBudget, reclaim_stale_trials, worker_seed
+from .logs import configure_logging
+from .objective import Objective
+from .recovery import TrialQuota, reclaim_stale_trials, worker_seed
 from .report import OutputWriter
 from .samplers import make_pruner, make_sampler
-from .search_space import SearchSpace
+from .settings import SearchSettings
 from .storage import make_storage
-from .trainer import Budget, resolve_device
-from .zoo import Zoo
+from .trainer import resolve_device
 
 __all__ = ["WorkerJob", "run_worker", "run_workers", "shares"]
 
@@ -53,46 +50,24 @@ class WorkerJob:
     """What every worker of one search needs; picklable, so it crosses into spawned processes.
 
     Attributes:
-        dataset: The scanned, split dataset.
-        space: The space trials are drawn from (widened for the baseline if needed).
-        budget: Epochs, batch size and metric.
-        zoo: Local weights.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        seed: The study seed.
-        pruner: Pruner name.
+        objective: The trial objective (dataset, space, budget, zoo, settings, runtime, progress
+            hook); each worker runs a copy on its own device.
         storage: Storage URL or journal path (None: in memory, one worker only).
         study_name: The study.
-        n_trials: Total finished trials wanted (None: until ``timeout``).
-        timeout: Seconds after which no trial starts (None: no limit).
-        trial_timeout: Seconds one trial may run (None: no limit).
-        heartbeat_interval: Heartbeat seconds on a database server.
-        n_existing: Trials in the study when this run began (part of each worker's seed).
-        out: Output folder the first worker refreshes during the run (None: none).
-        report_every: Minimum seconds between report refreshes.
-        on_epoch: Progress hook after every epoch.
+        n_existing: Trials in the study when this run began (part of each worker's sampler seed).
         callbacks: Optuna callbacks after every trial.
-        runtime: Caches and accelerator settings (each worker process has its own memory cache).
     """
 
-    dataset: ImageDataset
-    space: SearchSpace
-    budget: Budget
-    zoo: Zoo
-    device: str
-    seed: int
-    pruner: str
+    objective: Objective
     storage: str | None
     study_name: str
-    n_trials: int | None
-    timeout: float | None
-    trial_timeout: float | None
-    heartbeat_interval: int
     n_existing: int
-    out: Path | None = None
-    report_every: float = 30.0
-    on_epoch: EpochProgress | None = None
     callbacks: Sequence[StudyCallback] = ()
-    runtime: Runtime = field(default_factory=Runtime)
+
+    @property
+    def settings(self) -> SearchSettings:
+        """The study settings."""
+        return self.objective.settings
 
 
 def shares(remaining: int | None, workers: int) -> list[int | None]:
@@ -125,21 +100,21 @@ def run_worker(job: WorkerJob, index: int = 0, share: int | None = None, *, stud
         Interrupted: A stop was requested (the running trial is recorded as ``interrupted``).
         DataError: A val or test image became unreadable.
     """
-    sampler = make_sampler(worker_seed(job.seed, index, job.n_existing))
+    settings = job.settings
+    sampler = make_sampler(worker_seed(settings.seed, index, job.n_existing))
     if study is None:
-        storage = make_storage(job.storage, heartbeat_interval=job.heartbeat_interval)
+        storage = make_storage(job.storage, heartbeat_interval=settings.heartbeat_interval)
         if storage is None:
             raise ValueError("a worker without a study needs job.storage (an in-memory study cannot be shared)")
         study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=sampler,
-                                  pruner=make_pruner(job.pruner, job.budget.epochs))
+                                  pruner=make_pruner(settings.pruner, job.objective.budget.epochs))
     else:
         study.sampler = sampler
-    objective = Objective(job.dataset, job.space, job.budget, job.zoo, resolve_device(device or job.device), job.seed,
-                          job.on_epoch, job.trial_timeout, index, job.runtime)
-    deadline = None if job.timeout is None else time.monotonic() + job.timeout
-    budget = TrialBudget(job.n_trials, share, deadline, poll=min(5.0, float(job.heartbeat_interval)))
+    objective = replace(job.objective, device=resolve_device(device or settings.device), worker=index)
+    deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
+    quota = TrialQuota(settings.n_trials, share, deadline, poll=min(5.0, float(settings.heartbeat_interval)))
     all_callbacks = [*job.callbacks, *callbacks]
-    while (alive is None or alive()) and budget.may_start(study):
+    while (alive is None or alive()) and quota.may_start(study):
         study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=all_callbacks)
     interrupt.check()
     return study
@@ -156,14 +131,13 @@ def _child_main(job: WorkerJob, index: int, share: int | None, n_threads: int, l
     """Entry point of one worker process (spawned)."""
     os.setpgrp()  # Ctrl+C in the terminal reaches the launcher only; it forwards one SIGTERM
     launcher = os.getppid()
-    logging.basicConfig(level=log_level, format=f"[worker {index}] %(message)s")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by our own lines
-    logging.getLogger("timm").setLevel(logging.WARNING)
+    configure_logging(log_level, prefix=f"[worker {index}] ")
     torch.set_num_threads(n_threads)
-    writer = OutputWriter(job.out, every=job.report_every) if job.out is not None and index == 0 else None
+    out = job.settings.out
+    writer = OutputWriter(out, every=job.settings.report_every) if out is not None and index == 0 else None
     with interrupt.graceful_stop(hard_exit=True):
         try:
-            run_worker(job, index, share, device=_worker_device(job.device, index),
+            run_worker(job, index, share, device=_worker_device(job.settings.device, index),
                        callbacks=[writer] if writer is not None else [], alive=lambda: os.getppid() == launcher)
         except interrupt.Interrupted as err:
             sys.exit(err.exit_status)

@@ -10,7 +10,7 @@ The zoo format is that of ``../shared/data/weights/zoo.yaml``: one entry per wei
 
 Weights are loaded by timm's own loader (``pretrained_cfg_overlay=dict(file=...)``), so the
 classifier is dropped exactly as timm drops it. A backbone whose weights cannot be found is an
-error naming what was tried, never a silent random initialisation (DESIGN.md).
+error naming what was tried, never a silent random initialisation.
 """
 
 from __future__ import annotations
@@ -141,12 +141,15 @@ def check_backbones(names: list[str], zoo: Zoo) -> None:
             )
 
 
-def create_backbone(name: str, zoo: Zoo) -> tuple[nn.Module, dict[str, Any]]:
+def create_backbone(name: str, zoo: Zoo, *, model_kwargs: Mapping[str, Any] | None = None
+                    ) -> tuple[nn.Module, dict[str, Any]]:
     """Create a pretrained backbone without its classifier, and its preprocessing config.
 
     Args:
         name: A zoo entry name, or a timm name (``arch`` or ``arch.tag``) downloaded by timm.
         zoo: The local zoo, tried first.
+        model_kwargs: Extra ``timm.create_model`` keyword arguments from the strategy's recipe
+            (e.g. ``drop_path_rate``), on top of the zoo entry's own.
 
     Returns:
         ``(model, data_config)``: a timm model built with ``num_classes=0`` (its
@@ -158,19 +161,20 @@ def create_backbone(name: str, zoo: Zoo) -> tuple[nn.Module, dict[str, Any]]:
         WeightsNotFoundError: Neither the zoo nor timm's download yielded weights; the message
             names every place tried.
     """
+    extra = dict(model_kwargs or {})
     if name in zoo:
         entry = zoo.entries[name]
         overlay = {**entry.pretrained_cfg, "file": str(entry.file)}
         try:
             model = timm.create_model(entry.architecture, pretrained=True, num_classes=0,
-                                      pretrained_cfg_overlay=overlay, **entry.model_kwargs)
+                                      pretrained_cfg_overlay=overlay, **{**entry.model_kwargs, **extra})
         except (RuntimeError, OSError, ValueError) as err:
             raise WeightsNotFoundError(
                 f"Zoo entry {name!r} ({zoo.path}) could not load {entry.file} into timm "
                 f"{entry.architecture!r}: {err}") from err
     else:
         try:
-            model = timm.create_model(name, pretrained=True, num_classes=0)
+            model = timm.create_model(name, pretrained=True, num_classes=0, **extra)
         except Exception as err:  # timm raises many kinds (HTTP, OSError, RuntimeError, ...)
             where = f"zoo {zoo.path} (entries: {sorted(zoo.entries)})" if zoo.path else "no zoo given"
             raise WeightsNotFoundError(

@@ -28,7 +28,7 @@ import torch
 
 from autotransfer import Budget, TransferNet, fit, load_dataset, load_zoo
 from autotransfer.cache import memory_cache
-from autotransfer.inputs import Runtime
+from autotransfer.runtime import Runtime
 from autotransfer.zoo import create_backbone
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -32,7 +32,7 @@ import torch
 from autotransfer.data import DIGITS, ImageDataset
 from autotransfer.errors import TrialFailed
 from autotransfer.files import atomic_write_text
-from autotransfer.inputs import Runtime
+from autotransfer.runtime import Runtime
 from autotransfer.trainer import Budget, classification_metrics, fit, seed_everything
 from autotransfer.transfer import TransferNet
 from autotransfer.zoo import Zoo, create_backbone, load_zoo

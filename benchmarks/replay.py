@@ -34,7 +34,8 @@ import pandas as pd
 
 from autotransfer.errors import TrialFailed
 from autotransfer.samplers import make_pruner, make_sampler
-from autotransfer.search_space import SearchSpace, Strategy, load_search_space, strategy_family
+from autotransfer.space.search_space import SearchSpace, load_search_space
+from autotransfer.space.strategy import Strategy, strategy_family
 
 from .grid import KEY, Grid
 

@@ -15,7 +15,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from autotransfer import load_search_space, strategy_family
+from autotransfer import load_search_space
+from autotransfer.space.strategy import strategy_family
 
 __all__ = ["make_synthetic_study"]
 

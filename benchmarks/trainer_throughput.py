@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from autotransfer import Budget, TransferNet, fit, load_dataset, load_zoo
-from autotransfer.inputs import Preprocess, Runtime, UintImages, split_images, tensor_loader
+from autotransfer.inputs import Preprocess, UintImages, split_images, tensor_loader
+from autotransfer.runtime import Runtime
 from autotransfer.zoo import create_backbone
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -13,8 +13,8 @@ import torch
 from autotransfer import Budget, ConfigError, TransferNet, fit, load_dataset, load_zoo
 from autotransfer import plan as plan_module
 from autotransfer.cache import MemoryCache, memory_cache
-from autotransfer.inputs import Runtime
 from autotransfer.prefix import find_frozen_prefix
+from autotransfer.runtime import Runtime
 from autotransfer.zoo import create_backbone
 from tests.conftest import ZOO_FILE, needs_shared
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from autotransfer import DataError, ImageDataset, Interrupted, interrupt, load_dataset, search, stop_reason
+from autotransfer import DataError, Interrupted, interrupt, load_dataset, search
 from autotransfer.cli import main
-from autotransfer.data import _digits
+from autotransfer.data import ImageDataset, _digits
+from autotransfer.records import stop_reason
 from autotransfer.recovery import record_run
 
 

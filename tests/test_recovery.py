@@ -22,10 +22,11 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from autotransfer import ConfigError, finished_trials, search, stop_reason
+from autotransfer import ConfigError, search
 from autotransfer.cli import main
-from autotransfer.recovery import reclaim_stale_trials
-from autotransfer.storage import counts_towards_budget, make_storage
+from autotransfer.records import counts_towards_budget, stop_reason
+from autotransfer.recovery import finished_trials, reclaim_stale_trials
+from autotransfer.storage import make_storage
 from tests.conftest import cli_env
 
 

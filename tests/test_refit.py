@@ -15,7 +15,7 @@ import pytest
 
 from autotransfer import ConfigError, DataError, SearchResult, load_model, refit, search
 from autotransfer.cli import main
-from autotransfer.storage import REFIT_ATTR
+from autotransfer.records import StudyAttr
 from tests.conftest import HYMENOPTERA, ZOO_FILE, cli_env, needs_shared
 
 PROBE_SPACE = {"backbone": ["mobilenetv2_035.keras_in1k"], "freeze_depth": [1.0], "head_width": [0],
@@ -57,7 +57,7 @@ def test_refit_trains_on_train_and_val_and_is_tested_once(tmp_path: Path, with_t
     assert f"Refit trial {best.number}" in printed and "on train+val (36 images) for 3 epochs" in printed
     assert "Test: accuracy" in printed and "on 24 images" in printed
     record = optuna.load_study(study_name=result.study.study_name, storage=f"sqlite:///{out / 'study.db'}"
-                               ).user_attrs[REFIT_ATTR]
+                               ).user_attrs[StudyAttr.REFIT]
     assert record["trial"] == best.number and record["eval_split"] == "test" and record["train_on"] == "train+val"
     assert record["epochs"] == 3 and len(record["train_loss"]) == 3 and len(record["predictions"]) == 24
 
@@ -130,7 +130,7 @@ def test_exported_model_reproduces_the_refit_accuracy_on_hymenoptera_val(tmp_pat
     assert run.returncode == 0, run.stderr
     assert "Wrote 153 predictions" in run.stdout
     assert _accuracy_of_csv(tmp_path / "val.csv") == reported
-    assert result.study.user_attrs[REFIT_ATTR]["metrics"]["accuracy"] == reported
+    assert result.study.user_attrs[StudyAttr.REFIT]["metrics"]["accuracy"] == reported
 
 
 def test_predict_command_refuses_bad_paths_before_predicting(tmp_path: Path,

@@ -16,7 +16,7 @@ import torch
 from autotransfer import Budget, Runtime, fit, load_dataset
 from autotransfer.errors import ConfigError
 from autotransfer.samplers import make_pruner
-from autotransfer.search_space import Strategy, strategy_family
+from autotransfer.space.strategy import Strategy, strategy_family
 from autotransfer.trainer import evaluate_split, seed_everything
 from autotransfer.transfer import TransferNet
 from autotransfer.zoo import create_backbone, load_zoo

@@ -13,8 +13,16 @@ import pytest
 from plotly.offline import get_plotlyjs
 from sklearn.metrics import classification_report
 
-from autotransfer import render_report, write_outputs, write_report
-from autotransfer.report import OutputWriter, collect, family_ranking, pareto_front, per_class_metrics
+from autotransfer import write_report
+from autotransfer.report import (
+    OutputWriter,
+    collect,
+    family_ranking,
+    pareto_front,
+    per_class_metrics,
+    render_report,
+    write_outputs,
+)
 from autotransfer.report import render as render_module
 from autotransfer.report.evidence import summary
 from benchmarks.synthetic_study import make_synthetic_study

@@ -7,8 +7,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from autotransfer import LEADERBOARD_COLUMNS, ImageDataset, StudyMismatchError, load_dataset, search
-from autotransfer.study import finished_trials
+from autotransfer import StudyMismatchError, load_dataset, search
+from autotransfer.data import ImageDataset
+from autotransfer.leaderboard import LEADERBOARD_COLUMNS
+from autotransfer.recovery import finished_trials
 from tests.conftest import ZOO_FILE, needs_shared
 
 

@@ -5,7 +5,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autotransfer import ConfigError, SearchSpace, Strategy, bundled_spaces, load_search_space, strategy_family
+from autotransfer import ConfigError, SearchSpace, Strategy, load_search_space
+from autotransfer.space.search_space import bundled_spaces
+from autotransfer.space.strategy import strategy_family
 
 GOOD = {"backbone": ["a", "b"], "freeze_depth": {"low": 0.0, "high": 1.0, "step": 0.25},
         "head_width": [0, 256], "learning_rate": {"low": 1e-4, "high": 1e-2}}

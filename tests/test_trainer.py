@@ -6,7 +6,9 @@ import pytest
 import timm
 import torch
 
-from autotransfer import Budget, ConfigError, TransferNet, TrialFailed, fit, load_dataset, resolve_device
+from autotransfer import Budget, ConfigError, TransferNet, fit, load_dataset
+from autotransfer.errors import TrialFailed
+from autotransfer.trainer import resolve_device
 
 CONFIG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
           "crop_pct": 1.0}

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from autotransfer import ConfigError, TransferNet, block_groups, count_parameters, freeze_backbone, make_head
+from autotransfer import ConfigError, TransferNet
+from autotransfer.transfer import block_groups, count_parameters, freeze_backbone, make_head
 
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 

@@ -6,15 +6,8 @@ import pytest
 import torch
 import yaml
 
-from autotransfer import (
-    ConfigError,
-    WeightsNotFoundError,
-    check_backbones,
-    create_backbone,
-    feature_dim,
-    load_search_space,
-    load_zoo,
-)
+from autotransfer import ConfigError, WeightsNotFoundError, create_backbone, load_search_space, load_zoo
+from autotransfer.zoo import check_backbones, feature_dim
 from tests.conftest import ZOO_FILE, needs_shared
 
 

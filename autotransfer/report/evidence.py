@@ -2,7 +2,7 @@
 
 Tables are pandas DataFrames; metrics come from scikit-learn, the paired test from SciPy. The
 test split appears only for the final pick: the objective evaluates a trial on test when it
-becomes the best so far and stores that under the study attribute ``autotransfer.test``; the
+becomes the best so far and stores that under the study attribute ``StudyAttr.TEST``; the
 report shows it only when that trial is still the best.
 """
 
@@ -22,12 +22,11 @@ from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from ..leaderboard import leaderboard
-from ..storage import CONFIG_ATTR, EXCLUDED_ATTR, REFIT_ATTR, SPLIT_ATTR, TEST_ATTR, stop_reason
+from ..records import StudyAttr, TrialAttr, best_trial, read_config, stop_reason, trial_family
+from ..settings import METRICS
 
 __all__ = ["Evidence", "collect", "family_ranking", "learning_curves", "pareto_front", "per_class_metrics",
            "snapshot"]
-
-_PREDICTIONS_ATTR = "val_predictions"
 
 
 @dataclass
@@ -36,7 +35,7 @@ class Evidence:
 
     Attributes:
         study: An in-memory snapshot of the study (:func:`snapshot`), without val predictions.
-        config: The stored ``autotransfer.config`` (dataset, split, space, budget, baseline).
+        config: The stored configuration in the current layout (:func:`~autotransfer.records.read_config`).
         metric: The objective's val metric name (``accuracy``, ...).
         trials: All trials, in number order.
         board: The leaderboard (:func:`autotransfer.leaderboard`).
@@ -61,7 +60,7 @@ class Evidence:
     @property
     def test(self) -> dict[str, Any] | None:
         """The stored test-split figures, if they belong to the current best trial."""
-        record = self.study.user_attrs.get(TEST_ATTR)
+        record = self.study.user_attrs.get(StudyAttr.TEST)
         if record is None or self.best is None or record.get("trial") != self.best.number:
             return None
         return dict(record)
@@ -69,13 +68,13 @@ class Evidence:
     @property
     def refit(self) -> dict[str, Any] | None:
         """The latest refit (``autotransfer refit``): trial, training, held-out split, metrics, predictions."""
-        record = self.study.user_attrs.get(REFIT_ATTR)
+        record = self.study.user_attrs.get(StudyAttr.REFIT)
         return dict(record) if isinstance(record, dict) else None
 
     @property
     def excluded(self) -> list[list[str]]:
         """``[path, reason]`` of every file excluded from the dataset."""
-        return list(self.study.user_attrs.get(EXCLUDED_ATTR, []))
+        return list(self.study.user_attrs.get(StudyAttr.EXCLUDED, []))
 
 
 def snapshot(study: optuna.Study) -> tuple[optuna.Study, dict[int, list[int]]]:
@@ -93,8 +92,8 @@ def snapshot(study: optuna.Study) -> tuple[optuna.Study, dict[int, list[int]]]:
         and trials (same numbers, states, times and values), and ``{trial number: val predictions}``.
     """
     trials = study.get_trials(deepcopy=False)
-    predictions = {t.number: list(t.user_attrs[_PREDICTIONS_ATTR]) for t in trials
-                   if _PREDICTIONS_ATTR in t.user_attrs}
+    predictions = {t.number: list(t.user_attrs[TrialAttr.VAL_PREDICTIONS]) for t in trials
+                   if TrialAttr.VAL_PREDICTIONS in t.user_attrs}
     storage = optuna.storages.InMemoryStorage()
     quiet = logging.getLogger("optuna.storages._in_memory")  # it logs every new in-memory study at INFO
     was_disabled, quiet.disabled = quiet.disabled, True
@@ -108,7 +107,8 @@ def snapshot(study: optuna.Study) -> tuple[optuna.Study, dict[int, list[int]]]:
     copy.add_trials([FrozenTrial(
         number=t.number, state=t.state, value=None, values=t.values, datetime_start=t.datetime_start,
         datetime_complete=t.datetime_complete, params=t.params, distributions=t.distributions,
-        user_attrs={k: v for k, v in t.user_attrs.items() if k != _PREDICTIONS_ATTR}, system_attrs=t.system_attrs,
+        user_attrs={k: v for k, v in t.user_attrs.items() if k != TrialAttr.VAL_PREDICTIONS},
+        system_attrs=t.system_attrs,
         intermediate_values=t.intermediate_values, trial_id=t._trial_id) for t in trials])
     return copy, predictions
 
@@ -123,14 +123,11 @@ def collect(study: optuna.Study) -> Evidence:
         The :class:`Evidence`, over an in-memory :func:`snapshot` of the study.
     """
     study, predictions = snapshot(study)
-    config: dict[str, Any] = dict(study.user_attrs.get(CONFIG_ATTR, {}))
+    config = read_config(study)
     metric = str(config.get("budget", {}).get("metric", "accuracy"))
     trials = study.get_trials(deepcopy=False)
-    try:
-        best: FrozenTrial | None = study.best_trial
-    except ValueError:  # Optuna's answer when no trial has completed
-        best = None
-    split = study.user_attrs.get(SPLIT_ATTR, {})
+    best = best_trial(study)
+    split = study.user_attrs.get(StudyAttr.SPLIT, {})
     return Evidence(study=study, config=config, metric=metric, trials=trials,
                     board=leaderboard(study, metric), classes=list(config.get("dataset", {}).get("classes", [])),
                     val_labels=[int(label) for _, label in split.get("val", [])], best=best, predictions=predictions)
@@ -138,8 +135,8 @@ def collect(study: optuna.Study) -> Evidence:
 
 def trial_seconds(trial: FrozenTrial, now: datetime) -> float:
     """Wall-clock seconds of a trial: its recorded ``seconds``, else start to end (or to ``now``)."""
-    if "seconds" in trial.user_attrs:
-        return float(trial.user_attrs["seconds"])
+    if TrialAttr.SECONDS in trial.user_attrs:
+        return float(trial.user_attrs[TrialAttr.SECONDS])
     if trial.datetime_start is None:
         return 0.0
     return ((trial.datetime_complete or now) - trial.datetime_start).total_seconds()
@@ -165,13 +162,13 @@ def summary(ev: Evidence) -> dict[str, Any]:
     best = ev.best
     out["best"] = _trial_row(best)
     complete = [t for t in ev.trials if t.state == TrialState.COMPLETE and t.value is not None and t is not best]
-    others = [t for t in complete if t.user_attrs.get("family") != best.user_attrs.get("family")] or complete
+    others = [t for t in complete if trial_family(t) != trial_family(best)] or complete
     if not others:
         return out
     runner = max(others, key=lambda t: (t.value, -t.number))
     assert best.value is not None and runner.value is not None
     lead: dict[str, Any] = {**_trial_row(runner), "gap": best.value - runner.value,
-                            "same_family": runner.user_attrs.get("family") == best.user_attrs.get("family")}
+                            "same_family": trial_family(runner) == trial_family(best)}
     lead.update(_paired_test(ev, best, runner) if ev.metric == "accuracy" else {})
     out["runner_up"] = lead
     return out
@@ -180,9 +177,9 @@ def summary(ev: Evidence) -> dict[str, Any]:
 def _trial_row(trial: FrozenTrial) -> dict[str, Any]:
     attrs = trial.user_attrs
     return {"number": trial.number, "value": trial.value, "params": dict(trial.params),
-            "family": attrs.get("family", ""), "baseline": bool(attrs.get("baseline", False)),
-            **{k: attrs.get(k) for k in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1", "seconds",
-                                         "trainable_params", "epochs")}}
+            "family": trial_family(trial), "baseline": bool(attrs.get(TrialAttr.BASELINE, False)),
+            **{k: attrs.get(k) for k in (*(TrialAttr.val(m) for m in METRICS), TrialAttr.SECONDS,
+                                         TrialAttr.TRAINABLE_PARAMS, TrialAttr.EPOCHS)}}
 
 
 def _paired_test(ev: Evidence, best: FrozenTrial, other: FrozenTrial) -> dict[str, Any]:
@@ -242,8 +239,8 @@ def learning_curves(trials: list[FrozenTrial]) -> pd.DataFrame:
     Returns:
         Columns ``number, state, epoch, value, family, baseline``, one row per trial and epoch.
     """
-    rows = [(t.number, t.state.name, int(epoch), float(value), t.user_attrs.get("family", ""),
-             bool(t.user_attrs.get("baseline", False)))
+    rows = [(t.number, t.state.name, int(epoch), float(value), trial_family(t),
+             bool(t.user_attrs.get(TrialAttr.BASELINE, False)))
             for t in trials for epoch, value in sorted(t.intermediate_values.items())
             if value is not None and math.isfinite(value)]
     return pd.DataFrame(rows, columns=["number", "state", "epoch", "value", "family", "baseline"])
@@ -302,7 +299,7 @@ def per_class_metrics(classes: list[str], labels: list[int], predictions: list[i
 
 def baseline_comparison(ev: Evidence) -> dict[str, Any] | None:
     """Section 8: the textbook baseline trial against the recommended strategy (None if not run)."""
-    trial = next((t for t in ev.trials if t.user_attrs.get("baseline")), None)
+    trial = next((t for t in ev.trials if t.user_attrs.get(TrialAttr.BASELINE)), None)
     if trial is None:
         return None
     row = _trial_row(trial)

@@ -27,7 +27,10 @@ from plotly.offline import get_plotlyjs
 from .._version import __version__
 from ..files import atomic_write_text
 from ..leaderboard import leaderboard
-from ..storage import SPLIT_ATTR
+from ..outputs import OutputFolder
+from ..records import StudyAttr, TrialAttr
+from ..space.dimensions import DIMENSIONS
+from ..space.strategy import CORE
 from .evidence import (
     Evidence,
     baseline_comparison,
@@ -56,10 +59,20 @@ _ENV = jinja2.Environment(
     autoescape=True,  # select_autoescape would not escape a .html.j2 template
     undefined=jinja2.StrictUndefined,
 )
-_LEADERBOARD = {"rank": "rank", "number": "trial", "state": "state", "value": "value",
-                "params_backbone": "backbone", "params_freeze_depth": "freeze depth",
-                "params_head_width": "head width", "params_learning_rate": "learning rate", "epochs": "epochs",
-                "seconds": "seconds", "trainable_params": "trainable params", "stop_reason": "stop reason"}
+_TRIAL_COLUMNS = {TrialAttr.EPOCHS: "epochs", TrialAttr.SECONDS: "seconds",
+                  TrialAttr.TRAINABLE_PARAMS: "trainable params", TrialAttr.STOP_REASON: "stop reason"}
+
+
+def _leaderboard_columns(board: pd.DataFrame) -> dict[str, str]:
+    """Leaderboard column -> header: every dimension the board holds, by its declared label."""
+    dims = {f"params_{name}": dim.label for name, dim in DIMENSIONS.items() if f"params_{name}" in board}
+    return {"rank": "rank", "number": "trial", "state": "state", "value": "value", **dims, **_TRIAL_COLUMNS}
+
+
+def _recipe(params: dict[str, Any]) -> str:
+    """The recipe dimensions of a strategy, as ``", weight decay 0.05"`` ("" when it samples none)."""
+    return "".join(f", {dim.label} {dim.format(params[name])}" for name, dim in DIMENSIONS.items()
+                   if name in params and name not in CORE)
 
 
 def _num(value: Any, spec: str = "%.4f") -> str:
@@ -79,6 +92,7 @@ def _count(value: Any) -> str:
 
 _ENV.filters["num"] = _num
 _ENV.filters["count"] = _count
+_ENV.filters["recipe"] = _recipe
 
 
 @cache
@@ -121,14 +135,15 @@ def render_report(study: optuna.Study | Evidence) -> str:
         "No complete trial yet.")
     best_val, best_test = _best_trial_sections(ev, add)
     refit = _refit_section(ev, add)
-    board = ev.board.rename(columns=_LEADERBOARD)
+    headers = _leaderboard_columns(ev.board)
+    board = ev.board.rename(columns=headers)
     return _ENV.get_template("report.html.j2").render(
         study_name=study.study_name, version=__version__, optuna_version=optuna.__version__,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         config=ev.config, dataset=ev.config.get("dataset", {}), budget=ev.config.get("budget", {}),
         split=ev.config.get("split", {}), metric=ev.metric, summary=summary(ev),
         families=family_ranking(ev.board).to_dict(orient="records"),
-        columns=list(_LEADERBOARD.values()), rows=_records(board, list(_LEADERBOARD.values())),
+        columns=list(headers.values()), rows=_records(board, list(headers.values())),
         baseline_flags=ev.board["baseline"].fillna(False).astype(bool).tolist(),
         best_number=ev.best.number if ev.best else None, importance_evaluator=IMPORTANCE_EVALUATOR,
         best_val=best_val, best_test=best_test, refit=refit, baseline=baseline_comparison(ev),
@@ -152,7 +167,7 @@ def _best_trial_sections(ev: Evidence, add: Any) -> tuple[dict[str, Any] | None,
     test = ev.test
     test_section = None
     if test is not None:
-        split = ev.study.user_attrs.get(SPLIT_ATTR, {})
+        split = ev.study.user_attrs.get(StudyAttr.SPLIT, {})
         labels = [int(label) for _, label in split.get("test", [])]
         test_section = _per_class(ev, ev.best, labels, test.get("predictions"), "test split") or {}
         if "figure" in test_section:
@@ -167,7 +182,7 @@ def _refit_section(ev: Evidence, add: Any) -> dict[str, Any] | None:
     if record is None:
         return None
     split_name = record.get("eval_split")
-    labels = [int(label) for _, label in ev.study.user_attrs.get(SPLIT_ATTR, {}).get(split_name or "", [])]
+    labels = [int(label) for _, label in ev.study.user_attrs.get(StudyAttr.SPLIT, {}).get(split_name or "", [])]
     trial = next((t for t in ev.trials if t.number == record.get("trial")), None)
     section = (_per_class(ev, trial, labels, record.get("predictions"), f"{split_name} split, refit on "
                           f"{record.get('train_on')}") if trial else None)
@@ -201,10 +216,10 @@ def write_report(study: optuna.Study, path: str | Path) -> Path:
 
 def write_outputs(study: optuna.Study, out: str | Path) -> None:
     """Write ``out/leaderboard.csv`` and ``out/report.html`` from one read of the study, atomically."""
-    folder = Path(out)
+    folder = OutputFolder(Path(out))
     ev = collect(study)
-    atomic_write_text(folder / "leaderboard.csv", ev.board.to_csv(index=False))
-    atomic_write_text(folder / "report.html", render_report(ev))
+    atomic_write_text(folder.leaderboard, ev.board.to_csv(index=False))
+    atomic_write_text(folder.report, render_report(ev))
 
 
 class OutputWriter:
@@ -229,7 +244,7 @@ class OutputWriter:
         if self._last is None or time.monotonic() - self._last >= max(self.every, 10 * self._render_seconds):
             self.final(study)
         else:
-            self._guarded(lambda: atomic_write_text(self.out / "leaderboard.csv",
+            self._guarded(lambda: atomic_write_text(OutputFolder(self.out).leaderboard,
                                                     leaderboard(study).to_csv(index=False)))
 
     def final(self, study: optuna.Study) -> None:
