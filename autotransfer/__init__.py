@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from autotransfer._version import __version__
 
 _EXPORTS: dict[str, str] = {
     "AutotransferError": "errors",
@@ -26,33 +26,34 @@ _EXPORTS: dict[str, str] = {
     "DataError": "errors",
     "Interrupted": "interrupt",
     "ModelError": "errors",
-    "Runtime": "inputs",
-    "SearchResult": "study",
+    "Runtime": "training.pipeline",
+    "SearchResult": "study.search",
     "SearchSettings": "settings",
     "SearchSpace": "space.search_space",
     "Strategy": "space.strategy",
     "StudyMismatchError": "errors",
     "TransferClassifier": "estimator",
-    "TransferModel": "model",
-    "TransferNet": "transfer",
+    "TransferModel": "deploy.model",
+    "BackboneWithHead": "models.network",
     "WeightsNotFoundError": "errors",
-    "create_backbone": "zoo",
-    "fit": "trainer",
-    "format_status": "status",
-    "leaderboard": "leaderboard",
-    "load_dataset": "data",
-    "load_existing_study": "storage",
-    "load_model": "model",
+    "create_backbone": "models.zoo",
+    "fit": "training.trainer",
+    "format_status": "results.status",
+    "leaderboard": "results.leaderboard",
+    "load_dataset": "data.dataset",
+    "load_existing_study": "storage.backends",
+    "load_model": "deploy.model",
     "load_search_space": "space.search_space",
-    "load_zoo": "zoo",
-    "refit": "refit",
-    "search": "study",
-    "study_status": "status",
-    "write_report": "report",
+    "load_zoo": "models.zoo",
+    "refit": "study.refit",
+    "search": "study.search",
+    "study_status": "results.status",
+    "write_report": "results.report",
 }
 
 __all__ = [
     "AutotransferError",
+    "BackboneWithHead",
     "Budget",
     "ConfigError",
     "DataError",
@@ -66,7 +67,6 @@ __all__ = [
     "StudyMismatchError",
     "TransferClassifier",
     "TransferModel",
-    "TransferNet",
     "WeightsNotFoundError",
     "__version__",
     "create_backbone",
@@ -99,21 +99,28 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .data import load_dataset
-    from .errors import AutotransferError, ConfigError, DataError, ModelError, StudyMismatchError, WeightsNotFoundError
-    from .estimator import TransferClassifier
-    from .interrupt import Interrupted
-    from .leaderboard import leaderboard
-    from .model import TransferModel, load_model
-    from .refit import refit
-    from .report import write_report
-    from .runtime import Runtime
-    from .settings import Budget, SearchSettings
-    from .space.search_space import SearchSpace, load_search_space
-    from .space.strategy import Strategy
-    from .status import format_status, study_status
-    from .storage import load_existing_study
-    from .study import SearchResult, search
-    from .trainer import fit
-    from .transfer import TransferNet
-    from .zoo import create_backbone, load_zoo
+    from autotransfer.data.dataset import load_dataset
+    from autotransfer.deploy.model import TransferModel, load_model
+    from autotransfer.errors import (
+        AutotransferError,
+        ConfigError,
+        DataError,
+        ModelError,
+        StudyMismatchError,
+        WeightsNotFoundError,
+    )
+    from autotransfer.estimator import TransferClassifier
+    from autotransfer.interrupt import Interrupted
+    from autotransfer.models.network import BackboneWithHead
+    from autotransfer.models.zoo import create_backbone, load_zoo
+    from autotransfer.results.leaderboard import leaderboard
+    from autotransfer.results.report import write_report
+    from autotransfer.results.status import format_status, study_status
+    from autotransfer.settings import Budget, SearchSettings
+    from autotransfer.space.search_space import SearchSpace, load_search_space
+    from autotransfer.space.strategy import Strategy
+    from autotransfer.storage.backends import load_existing_study
+    from autotransfer.study.refit import refit
+    from autotransfer.study.search import SearchResult, search
+    from autotransfer.training.runtime import Runtime
+    from autotransfer.training.trainer import fit

@@ -21,12 +21,12 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from .images import as_image_list, images_dataset
-from .model import TransferModel
-from .settings import Budget, SearchSettings
-from .space.search_space import SearchSpace
-from .space.strategy import Strategy
-from .zoo import Zoo
+from autotransfer.data.images import as_image_list, images_dataset
+from autotransfer.deploy.model import TransferModel
+from autotransfer.models.zoo import Zoo
+from autotransfer.settings import Budget, SearchSettings
+from autotransfer.space.search_space import SearchSpace
+from autotransfer.space.strategy import Strategy
 
 __all__ = ["TransferClassifier"]
 
@@ -45,7 +45,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         pruner: ``"hyperband"``, ``"median"``, ``"sha"`` or ``"none"``.
         val_fraction: Fraction of ``X`` held out (stratified) to score trials; the refit trains on all of ``X``.
         baseline: Run the textbook recipe as the first trial (see :func:`autotransfer.search`).
-        zoo: Local zoo file or :class:`~autotransfer.zoo.Zoo` (default ``$AUTOTRANSFER_ZOO``).
+        zoo: Local zoo file or :class:`~autotransfer.models.zoo.Zoo` (default ``$AUTOTRANSFER_ZOO``).
         seed: Seeds the split, the sampler, every trial and the refit.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         storage: Optuna storage URL to keep the study in (None: in memory). Each fit names its study
@@ -62,7 +62,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         search_results_: One row per trial (the leaderboard: ``rank``, ``number``, ``state``, ``value``,
             ``params_*``, val metrics, seconds ...) and a ``params`` column of dicts, like ``cv_results_``.
         study_: The Optuna study.
-        model_: The refit :class:`~autotransfer.model.TransferModel` (``model_.save(dir)`` exports it).
+        model_: The refit :class:`~autotransfer.deploy.model.TransferModel` (``model_.save(dir)`` exports it).
 
     Inputs:
         ``X`` is a sequence of images: file paths, PIL images, or arrays of shape ``(H, W)`` /
@@ -104,8 +104,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             DataError: Bad images, lengths that differ, or a class with fewer than two images.
             ConfigError: A bad parameter (space, budget, metric, pruner, device, ...).
         """
-        from .runtime import Runtime  # PyTorch-heavy: loaded when used
-        from .study import search
+        from autotransfer.study.search import search
+        from autotransfer.training.runtime import Runtime  # PyTorch-heavy: loaded when used
 
         settings = SearchSettings(n_trials=self.n_trials, timeout=self.timeout, pruner=self.pruner, seed=self.seed,
                                   device=self.device, storage=self.storage, baseline=self.baseline)

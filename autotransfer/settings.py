@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, describe
+from autotransfer.errors import ConfigError, describe
 
 __all__ = ["METRICS", "PRUNERS", "Budget", "SearchSettings", "split_options"]
 

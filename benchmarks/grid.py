@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 from sklearn.model_selection import train_test_split
 
-from autotransfer.data import ImageDataset, Sample, load_dataset, stratified_split
+from autotransfer.data.dataset import ImageDataset, Sample, load_dataset, stratified_split
 
 HERE = Path(__file__).resolve().parent
 GRID_FILE = HERE / "grid.yaml"

@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from autotransfer import Budget, TransferNet, fit, load_dataset, load_zoo
-from autotransfer.cache import memory_cache
-from autotransfer.runtime import Runtime
-from autotransfer.zoo import create_backbone
+from autotransfer import BackboneWithHead, Budget, fit, load_dataset, load_zoo
+from autotransfer.models.zoo import create_backbone
+from autotransfer.training.cache import memory_cache
+from autotransfer.training.runtime import Runtime
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -39,7 +39,7 @@ def trial(name: str, zoo: Any, dataset: Any, runtime: Runtime, device: torch.dev
     start = time.perf_counter()
     torch.manual_seed(0)
     backbone, config = create_backbone(name, zoo)
-    net = TransferNet.build(backbone, 1.0, 0, dataset.n_classes)
+    net = BackboneWithHead.build(backbone, 1.0, 0, dataset.n_classes)
     result = fit(net, dataset, config, Budget(epochs=3, batch_size=32), 1e-3, seed=0, device=device, runtime=runtime)
     return time.perf_counter() - start, result.metrics["accuracy"], result.inputs
 

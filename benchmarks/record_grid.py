@@ -29,13 +29,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from autotransfer.data import DIGITS, ImageDataset
+from autotransfer.data.dataset import DIGITS, ImageDataset
 from autotransfer.errors import TrialFailed
 from autotransfer.files import atomic_write_text
-from autotransfer.runtime import Runtime
-from autotransfer.trainer import Budget, classification_metrics, fit, seed_everything
-from autotransfer.transfer import TransferNet
-from autotransfer.zoo import Zoo, create_backbone, load_zoo
+from autotransfer.models.network import BackboneWithHead
+from autotransfer.models.zoo import Zoo, create_backbone, load_zoo
+from autotransfer.training.runtime import Runtime
+from autotransfer.training.trainer import Budget, classification_metrics, fit, seed_everything
 
 from .grid import DATASETS, KEY, METRICS, SHARED, TABLE, Grid, grid_dataset, read_table
 
@@ -56,7 +56,7 @@ def record_strategy(dataset: ImageDataset, strategy: tuple[str, float, int, floa
     seed_everything(grid.seed)
     backbone, data_config = create_backbone(backbone_name, zoo)
     data_config = {**data_config, "input_size": (3, resolution, resolution)}
-    net = TransferNet.build(backbone, depth, head, dataset.n_classes)
+    net = BackboneWithHead.build(backbone, depth, head, dataset.n_classes)
     build = time.perf_counter() - tick
     try:
         result = fit(net, scored, data_config, Budget(epochs=grid.epochs, batch_size=grid.batch_size), lr,

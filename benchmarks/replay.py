@@ -2,7 +2,7 @@
 
 A replayed trial samples a strategy through the search space exactly as a real trial does
 (:meth:`autotransfer.SearchSpace.suggest`, the study's sampler and pruner from
-:mod:`autotransfer.samplers`), then reads the strategy's recorded learning curve from
+:mod:`autotransfer.study.sampling`), then reads the strategy's recorded learning curve from
 ``benchmarks/search_quality/grid.csv`` instead of training: it reports the recorded val metric
 after every epoch, asks the pruner, and is charged the recorded seconds. This is the tabular
 benchmark method of HPOBench and LCBench (Eggensperger et al., 2021; Zimmer et al., 2021): a
@@ -33,9 +33,9 @@ import optuna
 import pandas as pd
 
 from autotransfer.errors import TrialFailed
-from autotransfer.samplers import make_pruner, make_sampler
 from autotransfer.space.search_space import SearchSpace, load_search_space
 from autotransfer.space.strategy import Strategy, strategy_family
+from autotransfer.study.sampling import make_pruner, make_sampler
 
 from .grid import KEY, Grid
 
@@ -200,8 +200,8 @@ class Method:
 
     Attributes:
         name: Short name used in tables and plots.
-        sampler: ``"tpe"`` (:func:`autotransfer.samplers.make_sampler`) or ``"random"``.
-        pruner: A name for :func:`autotransfer.samplers.make_pruner` (``"hyperband"``, ``"sha"``,
+        sampler: ``"tpe"`` (:func:`autotransfer.study.sampling.make_sampler`) or ``"random"``.
+        pruner: A name for :func:`autotransfer.study.sampling.make_pruner` (``"hyperband"``, ``"sha"``,
             ``"median"``, ``"none"``).
         baseline: Enqueue the textbook recipe as the first trial, as ``autotransfer search`` does.
         sampler_kwargs: Extra arguments of ``make_sampler`` (``n_startup_trials``).

@@ -24,8 +24,8 @@ from joblib import Parallel, delayed
 from scipy.stats import kendalltau
 
 from autotransfer.files import atomic_write_text
-from autotransfer.leaderboard import leaderboard
-from autotransfer.report.evidence import family_ranking
+from autotransfer.results.leaderboard import leaderboard
+from autotransfer.results.report.evidence import family_ranking
 
 from .grid import DATASETS, TABLE, Grid, read_table
 from .replay import Method, RecordedGrid, grid_space, replay_one_epoch, replay_study, replay_textbook

@@ -26,18 +26,18 @@ import timm.optim
 import torch
 import torch.nn.functional as F
 
-from autotransfer import Budget, TransferNet, fit, load_dataset, load_zoo
-from autotransfer.inputs import Preprocess, UintImages, split_images, tensor_loader
-from autotransfer.runtime import Runtime
-from autotransfer.zoo import create_backbone
+from autotransfer import BackboneWithHead, Budget, fit, load_dataset, load_zoo
+from autotransfer.models.zoo import create_backbone
+from autotransfer.training.pipeline import Preprocess, UintImages, split_images, tensor_loader
+from autotransfer.training.runtime import Runtime
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _net(name: str, zoo: Any, n_classes: int) -> tuple[TransferNet, dict[str, Any]]:
+def _net(name: str, zoo: Any, n_classes: int) -> tuple[BackboneWithHead, dict[str, Any]]:
     torch.manual_seed(0)
     backbone, config = create_backbone(name, zoo)
-    return TransferNet.build(backbone, 0.0, 0, n_classes), config
+    return BackboneWithHead.build(backbone, 0.0, 0, n_classes), config
 
 
 def timm_normalise(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:

@@ -10,12 +10,13 @@ import pytest
 import timm
 import torch
 
-from autotransfer import Budget, ConfigError, TransferNet, fit, load_dataset, load_zoo
-from autotransfer import plan as plan_module
-from autotransfer.cache import MemoryCache, memory_cache
-from autotransfer.prefix import find_frozen_prefix
-from autotransfer.runtime import Runtime
-from autotransfer.zoo import create_backbone
+from autotransfer import BackboneWithHead as TransferNet
+from autotransfer import Budget, ConfigError, fit, load_dataset, load_zoo
+from autotransfer.models.frozen_prefix import find_frozen_prefix
+from autotransfer.models.zoo import create_backbone
+from autotransfer.training import input_plan as plan_module
+from autotransfer.training.cache import MemoryCache, memory_cache
+from autotransfer.training.runtime import Runtime
 from tests.conftest import ZOO_FILE, needs_shared
 
 CPU = torch.device("cpu")
@@ -139,7 +140,7 @@ def test_a_vit_prefix_fails_the_proof_and_trains_on_images(digits_subset) -> Non
 
 
 def test_full_fine_tuning_is_augmented_and_frozen_strategies_are_not(digits_subset) -> None:  # type: ignore[no-untyped-def]
-    from autotransfer.plan import prepare_inputs
+    from autotransfer.training.input_plan import prepare_inputs
 
     for freeze, augment in ((0.0, True), (0.5, False), (1.0, False)):
         with prepare_inputs(_net("test_resnet", freeze), digits_subset, CONFIG, 32, seed=0, device=CPU,
@@ -201,7 +202,7 @@ def test_search_caches_linear_probe_features_in_the_output_folder(digits_subset,
 
 
 def test_command_line_cache_options() -> None:
-    from autotransfer.cli import build_parser
+    from autotransfer.cli.main import build_parser
 
     args = build_parser().parse_args(["search", "digits", "--no-cache", "--cache-mb", "256", "--compile", "--no-amp"])
     assert (args.no_cache, args.cache_mb, args.compile, args.amp) == (True, 256.0, True, False)

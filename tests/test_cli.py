@@ -15,7 +15,7 @@ import yaml
 from sqlalchemy.exc import SQLAlchemyError
 
 import autotransfer
-from autotransfer.cli import main
+from autotransfer.cli.main import main
 from benchmarks.synthetic_study import make_synthetic_study
 from tests.conftest import ZOO_FILE, needs_shared
 
@@ -29,8 +29,8 @@ def test_every_public_name_resolves() -> None:
 
 
 def test_reading_a_study_does_not_import_pytorch() -> None:
-    code = ("import sys, autotransfer.cli, autotransfer.report, autotransfer.storage; "
-            "from autotransfer.report import render_report; from autotransfer import load_existing_study; "
+    code = ("import sys, autotransfer.cli.main, autotransfer.results.report, autotransfer.storage.backends; "
+            "from autotransfer.results.report import render_report; from autotransfer import load_existing_study; "
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"  # `autotransfer report` starts in about a second, not seven

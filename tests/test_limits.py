@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from autotransfer import DataError, Interrupted, interrupt, load_dataset, search
-from autotransfer.cli import main
-from autotransfer.data import ImageDataset, _digits
-from autotransfer.records import stop_reason
-from autotransfer.recovery import record_run
+from autotransfer.cli.main import main
+from autotransfer.data.dataset import ImageDataset, _digits
+from autotransfer.storage.records import stop_reason
+from autotransfer.study.recovery import record_run
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_trial_timeout_prunes_at_the_last_epoch_or_fails_before_the_first(
 def test_out_of_memory_retries_with_half_the_batch_then_fails_only_that_trial(
         digits_small: ImageDataset, test_model_zoo: Path, tiny_space: dict[str, object],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import autotransfer.objective as objective
+    import autotransfer.study.objective as objective
 
     real_fit, limit = objective.fit, {"batch": 16}
 

@@ -11,8 +11,9 @@ import timm
 import torch
 from PIL import Image
 
-from autotransfer import ConfigError, DataError, ModelError, TransferModel, TransferNet, load_model
-from autotransfer.model import CONFIG_FILE, WEIGHTS_FILE, BackboneSpec
+from autotransfer import BackboneWithHead as TransferNet
+from autotransfer import ConfigError, DataError, ModelError, TransferModel, load_model
+from autotransfer.deploy.model import CONFIG_FILE, WEIGHTS_FILE, BackboneSpec
 from tests.conftest import HYMENOPTERA
 
 CONFIG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),

@@ -23,10 +23,11 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from autotransfer import ConfigError, search
-from autotransfer.cli import main
-from autotransfer.records import counts_towards_budget, stop_reason
-from autotransfer.recovery import finished_trials, reclaim_stale_trials
-from autotransfer.storage import make_storage
+from autotransfer.cli.main import main
+from autotransfer.storage.backends import make_storage
+from autotransfer.storage.records import counts_towards_n_trials as counts_towards_budget
+from autotransfer.storage.records import stop_reason
+from autotransfer.study.recovery import finished_trials, reclaim_stale_trials
 from tests.conftest import cli_env
 
 
@@ -219,7 +220,7 @@ def test_postgres_two_hosts_finish_the_study_and_retry_a_killed_workers_trial(
 _OPEN_AT = """
 import sys, time
 import optuna
-from autotransfer.storage import make_storage
+from autotransfer.storage.backends import make_storage
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 optuna.create_study(storage=make_storage(sys.argv[1]), study_name="race", load_if_exists=True)
 """

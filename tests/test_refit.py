@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from autotransfer import ConfigError, DataError, SearchResult, load_model, refit, search
-from autotransfer.cli import main
-from autotransfer.records import StudyAttr
+from autotransfer.cli.main import main
+from autotransfer.storage.records import StudyAttr
 from tests.conftest import HYMENOPTERA, ZOO_FILE, cli_env, needs_shared
 
 PROBE_SPACE = {"backbone": ["mobilenetv2_035.keras_in1k"], "freeze_depth": [1.0], "head_width": [0],

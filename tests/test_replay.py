@@ -15,11 +15,11 @@ import torch
 
 from autotransfer import Budget, Runtime, fit, load_dataset
 from autotransfer.errors import ConfigError
-from autotransfer.samplers import make_pruner
+from autotransfer.models.network import BackboneWithHead as TransferNet
+from autotransfer.models.zoo import create_backbone, load_zoo
 from autotransfer.space.strategy import Strategy, strategy_family
-from autotransfer.trainer import evaluate_split, seed_everything
-from autotransfer.transfer import TransferNet
-from autotransfer.zoo import create_backbone, load_zoo
+from autotransfer.study.sampling import make_pruner
+from autotransfer.training.trainer import evaluate_split, seed_everything
 from benchmarks.grid import TABLE, Grid, read_table
 from benchmarks.record_grid import record_strategy
 from benchmarks.replay import Clock, RecordedGrid, grid_space, replay_one_epoch, replay_study, replay_textbook

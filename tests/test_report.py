@@ -14,7 +14,7 @@ from plotly.offline import get_plotlyjs
 from sklearn.metrics import classification_report
 
 from autotransfer import write_report
-from autotransfer.report import (
+from autotransfer.results.report import (
     OutputWriter,
     collect,
     family_ranking,
@@ -23,8 +23,8 @@ from autotransfer.report import (
     render_report,
     write_outputs,
 )
-from autotransfer.report import render as render_module
-from autotransfer.report.evidence import summary
+from autotransfer.results.report import render as render_module
+from autotransfer.results.report.evidence import summary
 from benchmarks.synthetic_study import make_synthetic_study
 
 EVIL = "<img src=x onerror=alert(1)>"

@@ -18,7 +18,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from autotransfer import search
-from autotransfer.cli import main
+from autotransfer.cli.main import main
 from tests.conftest import HYMENOPTERA, ZOO_FILE, needs_shared
 from tests.test_report import EVIL, SECTIONS
 

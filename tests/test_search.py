@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from autotransfer import StudyMismatchError, load_dataset, search
-from autotransfer.data import ImageDataset
-from autotransfer.leaderboard import LEADERBOARD_COLUMNS
-from autotransfer.recovery import finished_trials
+from autotransfer.data.dataset import ImageDataset
+from autotransfer.results.leaderboard import LEADERBOARD_COLUMNS
+from autotransfer.study.recovery import finished_trials
 from tests.conftest import ZOO_FILE, needs_shared
 
 

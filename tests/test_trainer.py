@@ -6,9 +6,10 @@ import pytest
 import timm
 import torch
 
-from autotransfer import Budget, ConfigError, TransferNet, fit, load_dataset
+from autotransfer import BackboneWithHead as TransferNet
+from autotransfer import Budget, ConfigError, fit, load_dataset
 from autotransfer.errors import TrialFailed
-from autotransfer.trainer import resolve_device
+from autotransfer.training.trainer import resolve_device
 
 CONFIG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
           "crop_pct": 1.0}

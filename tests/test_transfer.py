@@ -8,8 +8,9 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from autotransfer import ConfigError, TransferNet
-from autotransfer.transfer import block_groups, count_parameters, freeze_backbone, make_head
+from autotransfer import BackboneWithHead as TransferNet
+from autotransfer import ConfigError
+from autotransfer.models.network import block_groups, count_parameters, freeze_backbone, make_head
 
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 

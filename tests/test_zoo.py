@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from autotransfer import ConfigError, WeightsNotFoundError, create_backbone, load_search_space, load_zoo
-from autotransfer.zoo import check_backbones, feature_dim
+from autotransfer.models.zoo import check_backbones, feature_dim
 from tests.conftest import ZOO_FILE, needs_shared
 
 

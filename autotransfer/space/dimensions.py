@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
-from ..errors import ConfigError, describe
+from autotransfer.errors import ConfigError, describe
 
 __all__ = ["DIMENSIONS", "REQUIRED", "Dimension", "Domain", "Recipe", "declared", "parse_domain"]
 
@@ -256,31 +256,26 @@ def _check_backbone(name: str, value: Any) -> str:
     return value
 
 
-def _check_fraction(name: str, value: Any) -> float:
-    number = check_number(name, value)
-    if not 0.0 <= number <= 1.0:
-        raise ConfigError(describe(name, "a fraction in [0, 1] (0 = full fine-tuning, 1 = linear probe)", value))
-    return number
-
-
 def _check_width(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(describe(name, "a non-negative integer (0 = linear head, else MLP hidden width)", value))
     return value
 
 
-def _check_positive(name: str, value: Any) -> float:
-    number = check_number(name, value)
-    if number <= 0:
-        raise ConfigError(describe(name, "a positive number", value))
-    return number
+def number_check(expected: str, accepted: Callable[[float], bool]) -> Check:
+    """A :attr:`Dimension.check` for numbers: finite, and ``accepted``; else ConfigError saying ``expected``."""
+    def check(name: str, value: Any) -> float:
+        number = check_number(name, value)
+        if not accepted(number):
+            raise ConfigError(describe(name, expected, value))
+        return number
+
+    return check
 
 
-def _check_non_negative(name: str, value: Any) -> float:
-    number = check_number(name, value)
-    if number < 0:
-        raise ConfigError(describe(name, "a number >= 0", value))
-    return number
+_check_fraction = number_check("a fraction in [0, 1] (0 = full fine-tuning, 1 = linear probe)", lambda x: 0 <= x <= 1)
+_check_positive = number_check("a positive number", lambda x: x > 0)
+_check_non_negative = number_check("a number >= 0", lambda x: x >= 0)
 
 
 DIMENSIONS: dict[str, Dimension] = {d.name: d for d in (

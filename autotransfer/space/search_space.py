@@ -24,9 +24,9 @@ from typing import Any
 import optuna
 import yaml
 
-from ..errors import ConfigError, describe
-from .dimensions import DIMENSIONS, Domain, parse_domain
-from .strategy import BASELINE_RECIPE, Strategy
+from autotransfer.errors import ConfigError, describe
+from autotransfer.space.dimensions import DIMENSIONS, Domain, parse_domain
+from autotransfer.space.strategy import BASELINE_RECIPE, Strategy
 
 __all__ = ["SearchSpace", "bundled_spaces", "load_search_space"]
 

@@ -6,14 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
-from .dimensions import DIMENSIONS, Recipe
+from autotransfer.errors import ConfigError
+from autotransfer.space.dimensions import DIMENSIONS, Recipe
 
-__all__ = ["BASELINE_RECIPE", "CORE", "TRANSFER_MODES", "Strategy", "family_label", "strategy_family",
+__all__ = ["BASELINE_RECIPE", "CORE", "Strategy", "family_label", "strategy_family",
            "transfer_mode"]
 
 CORE = ("backbone", "freeze_depth", "head_width", "learning_rate")  # required in every space
-TRANSFER_MODES = ("linear probe", "partial fine-tuning", "full fine-tuning")
 
 BASELINE_RECIPE: Mapping[str, float | int] = {"freeze_depth": 1.0, "head_width": 1024, "learning_rate": 1e-4}
 """The textbook transfer recipe: backbone frozen, a Dense(1024) ReLU head, learning rate 1e-4.
@@ -57,7 +56,10 @@ class Strategy:
         if missing or unknown:
             raise ConfigError(f"The parameters {dict(params)} are not a whole strategy: missing {missing}, "
                               f"not declared {unknown}.")
-        core = {k: DIMENSIONS[k].convert(params[k]) for k in CORE}
+        try:
+            core = {k: DIMENSIONS[k].convert(params[k]) for k in CORE}
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"The parameters {dict(params)} are not a strategy: {err}.") from err
         extra = {k: DIMENSIONS[k].convert(v) for k, v in params.items() if k not in CORE}
         return cls(**core, recipe_values=extra)
 
@@ -109,7 +111,7 @@ def strategy_family(backbone: str, freeze_depth: float, head_width: int) -> str:
     """Name the strategy family a freeze depth implies, e.g. ``"mobilenetv2_100 / linear probe / MLP head"``.
 
     This is the label before the network is built; a trial's family comes from the block groups
-    it actually froze (:func:`autotransfer.records.trial_family`), since the depth is rounded to
+    it actually froze (:func:`autotransfer.storage.records.trial_family`), since the depth is rounded to
     whole groups (with 18 groups, 0.02 freezes none and 0.98 all of them).
 
     Args:

@@ -1,0 +1,245 @@
+"""Command-line interface: ``autotransfer search``, ``demo``, ``report``, ``status``, ``refit`` and ``predict``.
+
+Progress lines and the final leaderboard go to standard output; handlers and printing live
+here only (the library logs through ``logging``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from autotransfer import interrupt
+from autotransfer.errors import AutotransferError
+from autotransfer.logs import configure_logging
+from autotransfer.results.report import write_report
+from autotransfer.results.status import describe_params, format_status, study_status
+from autotransfer.settings import PRUNERS, Budget, SearchSettings
+from autotransfer.space.dimensions import DIMENSIONS
+from autotransfer.storage.backends import load_existing_study
+from autotransfer.storage.output_folder import OutputFolder
+from autotransfer.storage.records import TrialAttr, best_trial, stop_reason
+
+if TYPE_CHECKING:
+    from autotransfer.study.search import SearchResult
+
+__all__ = ["build_parser", "main"]
+
+_SHOW_TRIAL = [TrialAttr.EPOCHS_RUN, TrialAttr.SECONDS, TrialAttr.STOP_REASON]
+
+
+class _Progress:
+    """Prints one line per epoch and per finished trial, with the best value so far."""
+
+    def __init__(self, n_trials: int | None, epochs: int) -> None:
+        self.n_trials, self.epochs, self.start = n_trials, epochs, time.perf_counter()
+
+    def epoch(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
+        p = trial.params
+        strategy = " ".join(f"{dim.short} {dim.format(p[name])}".strip() for name, dim in DIMENSIONS.items()
+                            if name in p)
+        print(f"trial {trial.number}{self._of()} epoch {epoch}/{self.epochs}  val acc {metrics['accuracy']:.4f}"
+              f"  [{strategy}]  {self._best(trial.study)}", flush=True)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        reason = stop_reason(trial)
+        print(f"trial {trial.number} {trial.state.name.lower()} ({reason}) in "
+              f"{trial.user_attrs.get(TrialAttr.SECONDS, 0.0):.1f} s  {self._best(study)}  "
+              f"elapsed {time.perf_counter() - self.start:.0f} s", flush=True)
+
+    def _of(self) -> str:
+        return f"/{self.n_trials}" if self.n_trials else ""
+
+    @staticmethod
+    def _best(study: optuna.Study) -> str:
+        best = best_trial(study)
+        if best is None or best.value is None:
+            return "best so far: none complete"
+        return f"best so far {best.value:.4f} (trial {best.number})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``autotransfer`` command."""
+    parser = argparse.ArgumentParser(prog="autotransfer", description="Find the best transfer-learning "
+                                     "strategy (backbone, freeze depth, head, learning rate) for a dataset.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("search", help="search transfer strategies for a dataset")
+    s.add_argument("data", help="image folder (one subfolder per class), folder with train/ and val/, or 'digits'")
+    _add_common(s, n_trials=20, epochs=3, space="default")
+    s.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    s.add_argument("--study-name", help="study name (default: the dataset's folder name)")
+    d = sub.add_parser("demo", help="run a small search on scikit-learn's bundled digits (offline, SQLite)")
+    _add_common(d, n_trials=6, epochs=2, space="demo")
+    r = sub.add_parser("report", help="rebuild the HTML report from a study's storage (any time, even mid-run)")
+    r.add_argument("--storage", required=True, help="Optuna storage URL, e.g. sqlite:///reports/NAME/study.db")
+    r.add_argument("--study-name", help="study name (may be omitted when the storage holds one study)")
+    r.add_argument("--out", type=Path, help="HTML file to write (default: report.html beside a SQLite "
+                   "study.db or a study.journal, else reports/STUDY_NAME/report.html)")
+    st = sub.add_parser("status", help="print a study's progress: trials by state, best so far, time left")
+    st.add_argument("--storage", required=True, help="Optuna storage URL or journal file of the study")
+    st.add_argument("--study-name", help="study name (may be omitted when the storage holds one study)")
+    _add_model_commands(sub)
+    return parser
+
+
+def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rf = sub.add_parser("refit", help="retrain the best strategy (or --trial N) on train+val with the full budget, "
+                        "evaluate it once on test, and save the model")
+    rf.add_argument("--storage", required=True, help="Optuna storage URL or journal file of the study")
+    rf.add_argument("--study-name", help="study name (may be omitted when the storage holds one study)")
+    rf.add_argument("--trial", type=int, help="trial number whose strategy to refit (default: the best trial)")
+    rf.add_argument("--epochs", type=int, help="epochs (default: the search's --epochs)")
+    rf.add_argument("--out", type=Path, required=True, help="folder to save the model in (model.safetensors, "
+                    "model.json)")
+    rf.add_argument("--train-on", default="auto", choices=["auto", "train", "train+val"], help="auto (default): "
+                    "train+val when the dataset has a test split, else train, evaluated once on val")
+    rf.add_argument("--data", help="the dataset folder, if it moved since the search (default: the folder the "
+                    "search used)")
+    rf.add_argument("--zoo", help="local zoo YAML (default: $AUTOTRANSFER_ZOO, then the zoo the search used)")
+    rf.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    _add_runtime(rf)
+    pr = sub.add_parser("predict", help="predict the class of images with a saved model; writes a CSV")
+    pr.add_argument("model", type=Path, help="model folder (from autotransfer refit --out or TransferModel.save)")
+    pr.add_argument("images", nargs="+", help="image files or folders (searched recursively for images)")
+    pr.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write, one row per image: "
+                    "image, label, one probability column per class (default: predictions.csv)")
+    pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    pr.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+
+
+def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space: str) -> None:
+    p.add_argument("--space", default=space, help=f"search space YAML file or bundled name (default: {space})")
+    p.add_argument("--n-trials", type=int, default=n_trials, help=f"total trials in the study (default: {n_trials})")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after SECONDS")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"maximum epochs per trial (default: {epochs})")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
+    p.add_argument("--metric", default="accuracy", choices=["accuracy", "balanced_accuracy", "macro_f1"],
+                   help="validation metric to maximise (default: accuracy)")
+    p.add_argument("--out", type=Path, help="output folder (default: reports/STUDY_NAME)")
+    p.add_argument("--zoo", help="local zoo YAML (default: $AUTOTRANSFER_ZOO)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, sampler and trials (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--pruner", default="hyperband", choices=PRUNERS, help="pruner (default: hyperband)")
+    p.add_argument("--no-baseline", action="store_true", help="do not run the textbook baseline (frozen backbone, "
+                   "Dense(1024) head, lr 1e-4) as the first trial of a new study")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (journal file or "
+                   "PostgreSQL storage; not SQLite) (default: 1)")
+    p.add_argument("--trial-timeout", type=float, metavar="SECONDS", help="end a trial that runs longer than this "
+                   "(pruned at its last epoch, or failed before its first)")
+    p.add_argument("--heartbeat-interval", type=int, default=60, metavar="SECONDS", help="heartbeat of running "
+                   "trials on a database server; a trial silent for twice this is retried (default: 60)")
+    _add_runtime(p)
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    """The caches and accelerator flags (a Runtime), shared by search, demo and refit."""
+    p.add_argument("--cache-mb", type=float, default=1024.0, metavar="MB", help="memory bound of the cache of "
+                   "decoded images and frozen-prefix activations, per worker process (default: 1024)")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything: no image, feature (OUT/cache) or "
+                   "activation cache (results are the same; for comparison)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each trained module (slow to start)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on "
+                   "for CUDA devices that support bf16, off on CPU)")
+
+
+def runtime_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~autotransfer.training.pipeline.Runtime` fields the runtime flags give."""
+    return {"cache": not args.no_cache, "cache_mb": args.cache_mb, "compile": args.compile, "amp": args.amp}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 bad input, 130 SIGINT, 143 SIGTERM)."""
+    args = build_parser().parse_args(argv)
+    # Ctrl+C / `kill -INT` must end the search cleanly even when the shell started us with SIGINT
+    # ignored (a background job of a script): restore Python's KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    configure_logging()
+    if args.command in ("report", "status"):
+        return _read_only(args)
+    if args.command in ("refit", "predict"):
+        from autotransfer.cli.model_commands import predict_command, refit_command  # imports PyTorch
+
+        try:
+            return refit_command(args, runtime_options(args)) if args.command == "refit" else predict_command(args)
+        except AutotransferError as err:
+            print(f"autotransfer: error: {err}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:  # files are written atomically at the end: nothing half-written is left
+            print(f"\nInterrupted: this {args.command} wrote nothing.", file=sys.stderr)
+            return 130
+    with interrupt.graceful_stop(hard_exit=True):  # a second signal exits at once
+        return _search(args)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from autotransfer.study.search import search
+    from autotransfer.training.runtime import Runtime  # imports PyTorch: only the commands that train pay for it
+
+    data = "digits" if args.command == "demo" else args.data
+    name = getattr(args, "study_name", None) or ("demo" if args.command == "demo" else Path(data).name)
+    out = args.out or Path("reports") / name
+    progress = _Progress(args.n_trials, args.epochs)
+    try:
+        settings = SearchSettings(
+            n_trials=args.n_trials, timeout=args.timeout, trial_timeout=args.trial_timeout, pruner=args.pruner,
+            seed=args.seed, device=args.device, storage=getattr(args, "storage", None), study_name=name, out=out,
+            workers=args.workers, heartbeat_interval=args.heartbeat_interval, baseline=not args.no_baseline)
+        budget = Budget(epochs=args.epochs, batch_size=args.batch_size, metric=args.metric)
+        result = search(data, space=args.space, settings=settings, budget=budget,
+                        runtime=Runtime(**runtime_options(args)), zoo=args.zoo, on_epoch=progress.epoch,
+                        callbacks=[progress])
+    except AutotransferError as err:
+        print(f"autotransfer: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        why = f"Stopped by {err.signame}" if isinstance(err, interrupt.Interrupted) else "Interrupted"
+        print(f"\n{why}: the running trial was recorded as interrupted; finished trials are kept in the "
+              f"study, and the leaderboard and report in {out} were rewritten. Run the same command again to "
+              "resume.", file=sys.stderr)
+        return err.exit_status if isinstance(err, interrupt.Interrupted) else 130
+    _print_summary(result, out)
+    return 0
+
+
+def _read_only(args: argparse.Namespace) -> int:
+    try:
+        study = load_existing_study(args.storage, args.study_name)
+    except AutotransferError as err:
+        print(f"autotransfer: error: {err}", file=sys.stderr)
+        return 1
+    if args.command == "status":
+        print(format_status(study_status(study)))
+        return 0
+    folder = OutputFolder.of_storage(args.storage) or OutputFolder(Path("reports") / study.study_name)
+    out = args.out or folder.report
+    write_report(study, out)
+    print(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB) from {len(study.get_trials(deepcopy=False))} trials "
+          f"of study {study.study_name!r}")
+    return 0
+
+
+def _print_summary(result: SearchResult, out: Path) -> None:
+    board = result.leaderboard
+    if result.dataset is not None and result.dataset.excluded:
+        print(f"{len(result.dataset.excluded)} file(s) could not be decoded and were excluded (listed above).")
+    print("\nLeaderboard (top 10):")
+    show = ["rank", "number", "state", "value", *(c for c in board.columns if c.startswith("params_")), *_SHOW_TRIAL]
+    print(board[show].head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    best = result.best
+    if best is not None:
+        params = {k: best[k] for k in DIMENSIONS if k in best and k != "backbone"}
+        print(f"\nBest: {best['family']}, {describe_params(params)}: val accuracy {best['val_accuracy']:.4f}")
+    folder = OutputFolder(out)
+    print(f"Wrote {folder.leaderboard} and {folder.report}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""What autotransfer stores in an Optuna study, and the one place that reads it back (no PyTorch import).
+
+Every trial and study user attribute the library writes is named here (:class:`TrialAttr`,
+:class:`StudyAttr`), and so is every reader that more than one module needs: the stored
+configuration (upgraded from older releases' layouts), the metric, the best trial, why a trial
+stopped, whether it counts towards ``--n-trials`` and its strategy family.
+
+Format versions of the stored configuration (``StudyAttr.CONFIG``, key ``format_version``):
+
+* 0 (autotransfer 0.1.0, no key): the budget held ``weight_decay``, always 0.01;
+* 1: ``weight_decay`` is a strategy dimension; its default (0.01) is stored nowhere.
+
+A study stored by any earlier release loads, resumes and renders: :func:`read_config` upgrades
+its configuration in memory (the stored record is left as it was).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from autotransfer.settings import Budget
+from autotransfer.space.dimensions import DIMENSIONS
+from autotransfer.space.strategy import family_label, transfer_mode
+
+__all__ = [
+    "FORMAT_VERSION",
+    "UNCOUNTED_REASONS",
+    "StudyAttr",
+    "TrialAttr",
+    "best_trial",
+    "budget_record",
+    "counts_towards_n_trials",
+    "read_budget",
+    "read_config",
+    "stop_reason",
+    "study_metric",
+    "trial_family",
+]
+
+FORMAT_VERSION: Final = 1
+
+
+class TrialAttr:
+    """Names of the user attributes every trial records.
+
+    ``EPOCHS_RUN`` (stored as ``epochs``) is the number of epochs the trial ran, not the
+    budget's maximum (``Budget.epochs``).
+    """
+
+    FAMILY: Final = "family"  # strategy family, from the network as built (see trial_family)
+    EPOCHS_RUN: Final = "epochs"  # epochs the trial ran (reported), not the budget's maximum
+    SECONDS: Final = "seconds"  # wall-clock seconds of the trial
+    TRAINABLE_PARAMS: Final = "trainable_params"
+    TOTAL_PARAMS: Final = "total_params"
+    N_GROUPS: Final = "n_groups"  # block groups of the backbone
+    N_FROZEN_GROUPS: Final = "n_frozen_groups"  # groups frozen, from the stem
+    WORKER: Final = "worker"  # {"host", "pid", "index"} of the process running it
+    BATCH_SIZE: Final = "batch_size"  # only when an out-of-memory retry halved it
+    STOP_REASON: Final = "stop_reason"
+    VAL_PREDICTIONS: Final = "val_predictions"  # predicted class of every val image, in split order
+    INPUTS: Final = "inputs"  # "features", "prefix" or "images"
+    BASELINE: Final = "baseline"  # True on the textbook baseline trial
+    VAL_PREFIX: Final = "val_"  # + metric name: val_accuracy, val_balanced_accuracy, val_macro_f1, val_loss
+
+    @staticmethod
+    def val(metric: str) -> str:
+        """The attribute of a val metric, e.g. ``val_accuracy``."""
+        return f"{TrialAttr.VAL_PREFIX}{metric}"
+
+
+class StudyAttr:
+    """Names of the study user attributes autotransfer writes."""
+
+    CONFIG: Final = "autotransfer.config"  # format_version, dataset, split, space, budget, baseline
+    SPLIT: Final = "autotransfer.split"  # {"train"|"val"|"test": [[key, label], ...]}
+    TEST: Final = "autotransfer.test"  # {"trial", "metrics", "predictions"} of the best trial on test
+    DATA: Final = "autotransfer.data"  # {"root", "seed", "zoo"}: where a refit finds the images and weights
+    REFIT: Final = "autotransfer.refit"  # the latest refit: {"trial", "eval_split", "metrics", ...}
+    EXCLUDED: Final = "autotransfer.excluded"  # [[path, reason], ...] of undecodable files
+    RUN_PREFIX: Final = "autotransfer.run."  # + "HOST.PID": {"started", "timeout", "n_trials", "workers"}
+
+
+# Failed trials that do not use up --n-trials: the strategy was not judged, only cut short.
+UNCOUNTED_REASONS = frozenset({"interrupted", "stale"})
+_LEGACY_WEIGHT_DECAY = 0.01  # format 0 stored it in the budget, always this value
+
+
+def budget_record(budget: Budget) -> dict[str, Any]:
+    """The budget as the stored configuration holds it."""
+    return {"epochs": budget.epochs, "batch_size": budget.batch_size, "metric": budget.metric}
+
+
+def read_budget(config: dict[str, Any], *, epochs: int | None = None, batch_size: int | None = None) -> Budget:
+    """The :class:`~autotransfer.settings.Budget` of a stored configuration, optionally overridden."""
+    stored = config["budget"]
+    return Budget(epochs=int(stored["epochs"]) if epochs is None else epochs,
+                  batch_size=int(stored["batch_size"]) if batch_size is None else batch_size,
+                  metric=str(stored["metric"]))
+
+
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored configuration in the current layout (:data:`FORMAT_VERSION`); ``config`` is not changed."""
+    out = copy.deepcopy(config)
+    if int(out.get("format_version", 0)) < 1:
+        budget = dict(out.get("budget", {}))
+        decay = budget.pop("weight_decay", _LEGACY_WEIGHT_DECAY)
+        if decay != _LEGACY_WEIGHT_DECAY and isinstance(out.get("space"), dict):
+            out["space"] = {**out["space"], "weight_decay": {"choices": [decay]}}
+        out["budget"] = budget
+        out["format_version"] = 1
+    return out
+
+
+def read_config(study: optuna.Study) -> dict[str, Any]:
+    """The study's stored configuration in the current layout, or ``{}`` if it has none."""
+    stored = study.user_attrs.get(StudyAttr.CONFIG)
+    return upgrade_config(stored) if isinstance(stored, dict) else {}
+
+
+def study_metric(study: optuna.Study) -> str:
+    """The val metric the study maximises (``accuracy`` when it stores none)."""
+    return str(read_config(study).get("budget", {}).get("metric", "accuracy"))
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """Optuna's best complete trial, or None when no trial has completed."""
+    try:
+        return study.best_trial
+    except ValueError:  # Optuna's answer when no trial has completed
+        return None
+
+
+def stop_reason(trial: FrozenTrial) -> str:
+    """Why a trial ended (or what it is doing), as the leaderboard and report show it.
+
+    Trials record ``stop_reason`` themselves; a failed trial without one (or still saying
+    ``running``) was failed by someone else because its process died: ``stale``.
+    """
+    reason = trial.user_attrs.get(TrialAttr.STOP_REASON)
+    if trial.state == TrialState.RUNNING:
+        return "running"
+    if trial.state == TrialState.WAITING:
+        retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+        return "waiting" if retried is None else f"waiting (retry of stale trial {retried})"
+    if trial.state == TrialState.FAIL and reason in (None, "", "running"):
+        return "stale"
+    return str(reason or "")
+
+
+def counts_towards_n_trials(trial: FrozenTrial) -> bool:
+    """Whether a trial counts towards ``n_trials``: complete, pruned, or failed on its own merits."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and stop_reason(trial) not in UNCOUNTED_REASONS
+
+
+def trial_family(trial: FrozenTrial) -> str:
+    """The strategy family of a trial, from the network it built.
+
+    The transfer mode comes from the stored block-group counts (no group frozen: full fine-tuning;
+    every group: linear probe), so a resumed study labels every trial the same way whichever
+    release recorded it. A trial that failed before building its network falls back to its
+    stored ``family`` attribute, then to the label its sampled freeze depth implies.
+    """
+    attrs, params = trial.user_attrs, trial.params
+    backbone, width = params.get("backbone"), params.get("head_width", DIMENSIONS["head_width"].default)
+    n_groups, n_frozen = attrs.get(TrialAttr.N_GROUPS), attrs.get(TrialAttr.N_FROZEN_GROUPS)
+    if backbone is not None and width is not None and isinstance(n_groups, int) and isinstance(n_frozen, int):
+        return family_label(str(backbone), transfer_mode(n_frozen, n_groups), int(width))
+    stored = attrs.get(TrialAttr.FAMILY)
+    if stored:
+        return str(stored)
+    depth = params.get("freeze_depth")
+    if backbone is None or width is None or depth is None:
+        return ""
+    return family_label(str(backbone), transfer_mode(float(depth), 1.0), int(width))

@@ -1,0 +1,210 @@
+"""What a trial trains on: cached pooled features, cached frozen-prefix activations, or images.
+
+The recipe decides augmentation, the cache only decides how inputs are produced, so caching never
+changes a result on the same device:
+
+* **Augmentation only when the whole backbone trains** (full fine-tuning). A strategy with a frozen
+  part (linear probe, partial fine-tuning) trains on the eval preprocessing (resize, centre crop),
+  as fixed-feature linear probes are evaluated in Kornblith et al., "Do Better ImageNet Models
+  Transfer Better?" (CVPR 2019). Its frozen part runs in eval mode
+  (:meth:`~autotransfer.models.network.BackboneWithHead.train`), so its output for an image never changes.
+* **Linear probe** (every backbone parameter frozen): the pooled features of each split are computed
+  once per (weights, preprocessing, split, device) and the head trains on them. They are kept in
+  memory and, with a cache folder, in ``OUT/cache/features/*.safetensors`` for every later trial,
+  worker process and restart.
+* **Partial fine-tuning**: the frozen prefix's activations (:mod:`autotransfer.models.frozen_prefix`) are cached
+  in memory when train and val fit ``--cache-mb``; the trainable rest runs on them.
+* Otherwise the trial trains on images (uint8, decoded once, normalised on the device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from autotransfer import interrupt
+from autotransfer.data.dataset import ImageDataset
+from autotransfer.models.frozen_prefix import FrozenPrefix, find_frozen_prefix
+from autotransfer.models.network import BackboneWithHead
+from autotransfer.space.dimensions import Recipe
+from autotransfer.training.cache import FeatureStore, MemoryCache, fingerprint, split_fingerprint
+from autotransfer.training.pipeline import Preprocess, image_loader, run_batched, split_images, tensor_loader
+from autotransfer.training.runtime import Runtime, loader_workers
+
+__all__ = ["TrialInputs", "prepare_inputs", "weights_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+_VERIFIED: dict[str, bool] = {}  # prefix split proofs by (weights, depth): one per process
+
+
+@dataclass
+class TrialInputs:
+    """The module a trial trains and what it is fed.
+
+    Attributes:
+        mode: ``"features"`` (head on cached pooled features), ``"prefix"`` (the trainable rest
+            on cached frozen-prefix activations) or ``"images"``.
+        module: What the optimiser trains and validation runs: the head, or the network.
+        train: Yields ``(x, y)`` batches (shuffled by the trial seed); ``len()`` is batches per epoch.
+        val: Yields ``(x, y)`` batches in split order; None when built with ``validate=False``.
+        augment: Whether train batches are randomly augmented.
+    """
+
+    mode: str
+    module: nn.Module
+    train: Any
+    val: Any | None
+    augment: bool
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's architecture name and every tensor of its state dict (names, shapes, bytes)."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+@contextmanager
+def prepare_inputs(net: BackboneWithHead, dataset: ImageDataset, data_config: dict[str, Any], batch_size: int, *,
+                   seed: int, device: torch.device, runtime: Runtime, hflip: bool,
+                   check: Callable[[], None] = interrupt.check, validate: bool = True,
+                   recipe: Recipe | None = None) -> Iterator[TrialInputs]:
+    """Choose and build a trial's inputs; the network is whole again on exit.
+
+    Args:
+        net: The frozen transfer model, already on ``device``.
+        dataset: The split dataset.
+        data_config: The backbone's timm data config.
+        batch_size: Training batch size.
+        seed: Shuffling seed.
+        device: Where training runs.
+        runtime: Cache and accelerator settings.
+        hflip: Whether augmentation flips horizontally.
+        check: Called before every batch of feature extraction.
+        validate: Whether to build val inputs too (False for a refit, whose val images are trained on).
+        recipe: The strategy's recipe: its ``train_transform`` replaces the default augmentation, and
+            ``augment_frozen`` makes strategies with a frozen part augment too (nothing is then cached
+            beyond decoded images). Default: :class:`~autotransfer.space.dimensions.Recipe()`.
+
+    Raises:
+        BadImageError: An image no longer decodes. Interrupted: a stop was asked for.
+    """
+    recipe = recipe or Recipe()
+    preprocess = Preprocess.from_config(data_config, hflip=hflip, train_transform=recipe.train_transform)
+    backbone_params = list(net.backbone.parameters())
+    augment = recipe.augment_frozen or all(p.requires_grad for p in backbone_params)
+    frozen = not any(p.requires_grad for p in backbone_params)
+    splits = ("train", "val") if validate else ("train",)
+    labels = {s: torch.tensor([y for _, y in dataset.splits[s]], dtype=torch.long) for s in splits}
+
+    def loader(tensors: dict[str, torch.Tensor], split: str) -> Any:
+        if split not in tensors:
+            return None
+        return tensor_loader(TensorDataset(tensors[split], labels[split]), batch_size, shuffle=split == "train",
+                             seed=seed, device=device)
+
+    if runtime.cache and frozen and not augment:
+        feats = _features(net, dataset, preprocess, runtime, device, check, splits)
+        yield TrialInputs("features", net.head, loader(feats, "train"), loader(feats, "val"), False)
+        return
+    prefix = find_frozen_prefix(net) if runtime.cache and not augment else None
+    acts = (_prefix_activations(prefix, dataset, preprocess, runtime, device, check, splits)
+            if prefix is not None else None)
+    if prefix is not None and acts is not None:
+        with prefix.removed() as rest:
+            yield TrialInputs("prefix", rest, loader(acts, "train"), loader(acts, "val"), False)
+        return
+    workers = loader_workers(device, runtime.loader_workers)
+    train = split_images(dataset, "train", preprocess, runtime, augment=augment, in_main_process=workers == 0,
+                         check=check)
+    val = (image_loader(split_images(dataset, "val", preprocess, runtime, augment=False, workers=workers, check=check),
+                        preprocess, batch_size, shuffle=False, seed=seed, device=device) if validate else None)
+    yield TrialInputs("images", net,
+                      image_loader(train, preprocess, batch_size, shuffle=True, seed=seed, device=device,
+                                   workers=workers), val, augment)
+
+
+def _extract(fn: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, preprocess: Preprocess,
+             runtime: Runtime, device: torch.device, check: Callable[[], None],
+             splits: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    batch = runtime.batch_for_inference(device, 32)
+
+    def run(x: torch.Tensor) -> torch.Tensor:  # as the training loop runs it
+        return runtime.run(fn, x, device)
+
+    workers = loader_workers(device, runtime.loader_workers)
+    return {split: run_batched(run, split_images(dataset, split, preprocess, runtime, augment=False, workers=workers,
+                                                 check=check),
+                               batch, device=device, preprocess=preprocess, check=check)
+            for split in splits}
+
+
+def _lookup(runtime: Runtime, device: torch.device, dataset: ImageDataset, preprocess: Preprocess,
+            splits: tuple[str, ...], *what: object) -> tuple[str, MemoryCache, dict[str, torch.Tensor] | None]:
+    """The cache key of ``what`` computed on ``splits`` (the preprocessing, images and device in it), this
+    process's memory cache, and what it holds under that key (None: not cached)."""
+    key = fingerprint(*what, preprocess.key, preprocess.mean, preprocess.std,
+                      *(split_fingerprint(dataset, split) for split in splits),
+                      device.type, runtime.use_amp(device), runtime.channels_last)
+    memory = runtime.memory()
+    cached = memory.get(key)
+    return key, memory, None if cached is None else dict(cached)
+
+
+def _features(net: BackboneWithHead, dataset: ImageDataset, preprocess: Preprocess, runtime: Runtime,
+              device: torch.device, check: Callable[[], None], splits: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Pooled features ``(N, D)`` of ``splits``: memory, then disk, then computed (and stored)."""
+    key, memory, cached = _lookup(runtime, device, dataset, preprocess, splits, "features",
+                                  weights_fingerprint(net.backbone))
+    if cached is not None:
+        return cached
+    name = str(getattr(net.backbone, "pretrained_cfg", {}).get("architecture", type(net.backbone).__name__))
+    store = FeatureStore(Path(runtime.cache_dir) / "features") if runtime.cache_dir is not None else None
+    loaded = store.load(name, key) if store is not None else None
+    if loaded is None or set(loaded) != set(splits):
+        net.eval()
+        loaded = _extract(net.features, dataset, preprocess, runtime, device, check, splits)
+        if store is not None:
+            path = store.save(name, key, loaded, {"backbone": name, "dataset": dataset.name})
+            logger.info("Cached %s features of %d images in %s", name, sum(len(t) for t in loaded.values()), path)
+    memory.put(key, loaded)
+    return loaded
+
+
+def _prefix_activations(prefix: FrozenPrefix, dataset: ImageDataset, preprocess: Preprocess, runtime: Runtime,
+                        device: torch.device, check: Callable[[], None],
+                        splits: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+    """The prefix's output for ``splits``, if the split is proven and they fit the memory cache."""
+    key, memory, cached = _lookup(runtime, device, dataset, preprocess, splits, "prefix",
+                                  weights_fingerprint(prefix.net.backbone), prefix.n_modules)
+    if cached is not None:
+        return cached
+    first = split_images(dataset, splits[-1], preprocess, runtime, augment=False, check=check)
+    probe, _ = next(iter(image_loader(first, preprocess, 2, shuffle=False, seed=0, device=device)))
+    proof = fingerprint(key, "proof")
+    if proof not in _VERIFIED:
+        _VERIFIED[proof] = prefix.verify(probe)
+    if not _VERIFIED[proof]:
+        return None
+    with torch.inference_mode():
+        per_image = prefix.forward(probe[:1]).numel() * 4
+    n_images = sum(len(dataset.splits[split]) for split in splits)
+    if not memory.fits(per_image * n_images):
+        logger.info("Frozen-prefix activations (%.0f MiB) exceed --cache-mb %.0f; training on images.",
+                    per_image * n_images / 2**20, runtime.cache_mb)
+        return None
+    acts = _extract(prefix.forward, dataset, preprocess, runtime, device, check, splits)
+    memory.put(key, acts)
+    return acts

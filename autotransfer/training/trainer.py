@@ -1,0 +1,361 @@
+"""The trainer: fit one strategy on a budget, evaluating on val after every epoch.
+
+Recipe: AdamW (``timm.optim.create_optimizer_v2``, no weight decay on biases and norms) with a
+per-step cosine schedule (``timm.scheduler.create_scheduler_v2``), cross-entropy loss, light
+augmentation from ``timm.data.create_transform`` (random resized crop at scale 0.5-1 and a
+horizontal flip; no colour jitter, since a budget of a few epochs on small data does not absorb
+strong augmentation). Evaluation uses the weights' own eval transform (resize, centre crop).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import timm.data
+import timm.optim
+import timm.scheduler
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+from torch import nn
+
+from autotransfer import interrupt
+from autotransfer.data.dataset import ImageDataset
+from autotransfer.errors import ConfigError, TrialFailed, TrialTimeout, describe
+from autotransfer.models.network import BackboneWithHead
+from autotransfer.settings import Budget
+from autotransfer.space.dimensions import Recipe
+from autotransfer.training.input_plan import TrialInputs, prepare_inputs
+from autotransfer.training.pipeline import Preprocess, image_loader, split_images
+from autotransfer.training.runtime import Runtime
+
+__all__ = ["TrainResult", "classification_metrics", "evaluate_split", "fit", "predict_labels", "resolve_device",
+           "seed_everything"]
+
+EpochCallback = Callable[[int, dict[str, float]], bool]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` measured.
+
+    Attributes:
+        metrics: Validation metrics after the last epoch run (``accuracy``, ``balanced_accuracy``,
+            ``macro_f1``, ``loss``).
+        epochs_run: Epochs completed.
+        seconds: Wall-clock seconds of training and evaluation.
+        stop_reason: ``"completed"`` or ``"pruned at epoch N"``.
+        history: Per-epoch validation metrics, one dict per epoch.
+        inputs: What it trained on: ``"features"``, ``"prefix"`` or ``"images"``
+            (:mod:`autotransfer.training.input_plan`).
+        train_loss: Mean training cross-entropy of each epoch run.
+        epoch_train_seconds: Seconds in training steps, per epoch run.
+        epoch_eval_seconds: Seconds in the validation pass, per epoch validated.
+        epoch_predictions: Predicted class index of every val image after each epoch validated,
+            in split order.
+    """
+
+    metrics: dict[str, float]
+    epochs_run: int
+    seconds: float
+    stop_reason: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    inputs: str = "images"
+    train_loss: list[float] = field(default_factory=list)
+    epoch_train_seconds: list[float] = field(default_factory=list)
+    epoch_eval_seconds: list[float] = field(default_factory=list)
+    epoch_predictions: list[list[int]] = field(default_factory=list)
+
+    @property
+    def predictions(self) -> list[int]:
+        """Predicted class index of every val image after the last epoch, in split order ([] if none)."""
+        return self.epoch_predictions[-1] if self.epoch_predictions else []
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds in training steps (all epochs)."""
+        return sum(self.epoch_train_seconds)
+
+    @property
+    def eval_seconds(self) -> float:
+        """Seconds in validation passes (all epochs)."""
+        return sum(self.epoch_eval_seconds)
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn ``"auto"``, ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``) into a ``torch.device``.
+
+    Raises:
+        ConfigError: The name is not accepted, or CUDA was asked for and is not available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(describe("device", "'auto' or 'cpu' on this machine (CUDA is not available)",
+                                       device))
+        return torch.device(device)
+    raise ConfigError(describe("device", "'auto', 'cpu' or 'cuda'", device))
+
+
+@torch.inference_mode()
+def predict_labels(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *,
+                   check: Callable[[], None] = interrupt.check,
+                   runtime: Runtime | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Run ``model`` over ``loader`` in eval mode.
+
+    Args:
+        model: Maps inputs ``(B, ...)`` (normalised images ``(B, 3, H, W)``, or cached features)
+            to logits ``(B, n_classes)``.
+        loader: Yields ``(inputs, labels)``.
+        device: Where the model lives.
+        check: Called before every batch; raises to stop (default: stop on SIGINT/SIGTERM, see
+            :mod:`autotransfer.interrupt`).
+        runtime: Memory format and autocast (default :class:`~autotransfer.training.pipeline.Runtime()`).
+
+    Returns:
+        ``(y_true, y_pred, loss)``: true and predicted class indices, arrays of shape ``(N,)`` in
+        loader order, and the mean cross-entropy.
+    """
+    runtime = runtime or Runtime()
+    model.eval()
+    preds: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    loss_sum = 0.0
+    for x, y in loader:
+        check()
+        y = y.to(device, non_blocking=True)
+        logits = _forward(model, x, device, runtime)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        preds.append(logits.argmax(dim=1).cpu().numpy())
+        labels.append(y.cpu().numpy())
+    y_true, y_pred = np.concatenate(labels), np.concatenate(preds)
+    return y_true, y_pred, loss_sum / max(1, len(y_true))
+
+
+def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, runtime: Runtime) -> torch.Tensor:
+    """Float32 logits of ``model`` on ``x``, with the runtime's memory format and autocast."""
+    return runtime.run(model, x, device).float()
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, loss: float) -> dict[str, float]:
+    """Accuracy, balanced accuracy and macro-F1 (scikit-learn) of class indices ``(N,)``, with the mean ``loss``."""
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "loss": loss,
+    }
+
+
+def evaluate_split(model: nn.Module, dataset: ImageDataset, data_config: dict[str, Any], split: str, *,
+                   batch_size: int, device: torch.device,
+                   runtime: Runtime | None = None) -> tuple[dict[str, float], list[int]]:
+    """Metrics and predictions of a trained model on one split, with the weights' eval transform.
+
+    Args:
+        model: A trained :class:`~autotransfer.models.network.BackboneWithHead`.
+        dataset: The split dataset.
+        data_config: The backbone's timm data config.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        batch_size: Images per forward pass.
+        device: Where the model lives.
+        runtime: Cache, memory format and autocast (default :class:`~autotransfer.training.pipeline.Runtime()`).
+
+    Returns:
+        ``(metrics, predictions)``: the metrics of :func:`evaluate` and the predicted class index of
+        every image of the split, in split order.
+
+    Raises:
+        ConfigError: The split is unknown or empty.
+    """
+    if not dataset.splits.get(split):
+        raise ConfigError(describe("split", f"a non-empty split of {sorted(dataset.splits)}", split))
+    runtime = runtime or Runtime()
+    preprocess = Preprocess.from_config(data_config)
+    images = split_images(dataset, split, preprocess, runtime, augment=False)
+    loader = image_loader(images, preprocess, batch_size, shuffle=False, seed=0, device=device)
+    y_true, y_pred, loss = predict_labels(model, loader, device, runtime=runtime)
+    return classification_metrics(y_true, y_pred, loss), [int(p) for p in y_pred]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's generators (timm's transforms use ``random``)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fit(
+    model: BackboneWithHead,
+    dataset: ImageDataset,
+    data_config: dict[str, Any],
+    budget: Budget,
+    learning_rate: float,
+    *,
+    seed: int,
+    device: torch.device,
+    on_epoch: EpochCallback | None = None,
+    hflip: bool = True,
+    deadline: float | None = None,
+    runtime: Runtime | None = None,
+    validate: bool = True,
+    recipe: Recipe | None = None,
+) -> TrainResult:
+    """Train ``model`` on the train split for up to ``budget.epochs`` epochs.
+
+    After each epoch the val metrics are passed to ``on_epoch(epoch, metrics)``; a True return
+    stops training (the pruner's decision).
+
+    Args:
+        model: A :class:`~autotransfer.models.network.BackboneWithHead`, already frozen; images of shape
+            ``(B, 3, H, W)`` in, logits ``(B, n_classes)`` out.
+        dataset: The split dataset.
+        data_config: The backbone's timm data config (input size, mean, std, interpolation, crop).
+        budget: Epochs, batch size and metric.
+        learning_rate: Peak AdamW learning rate, cosine-decayed to 0 over the budget's steps.
+        seed: Seeds weight init of the head, shuffling and augmentation.
+        device: Where to train.
+        on_epoch: Called with the 1-based epoch and the val metrics; returns True to stop.
+        hflip: Whether training augmentation flips horizontally.
+        deadline: ``time.monotonic()`` value after which training stops (the trial time limit).
+        runtime: Caches and accelerator settings (default :class:`~autotransfer.training.pipeline.Runtime()`:
+            caches in memory only, channels-last, bf16 autocast on CUDA). What the trial trains on
+            (cached features, cached frozen-prefix activations or images) is chosen by
+            :func:`~autotransfer.training.input_plan.prepare_inputs`; the result does not depend on it.
+        validate: Evaluate on val after every epoch. False (a refit, which trains on train+val)
+            runs all ``budget.epochs`` without evaluating or calling ``on_epoch``; the result's
+            ``metrics``, ``history`` and ``predictions`` are then empty.
+        recipe: The strategy's training recipe beyond the learning rate (weight decay, optimizer
+            groups, loss, extra loss terms, augmentation; :meth:`Strategy.recipe
+            <autotransfer.space.strategy.Strategy.recipe>`). Default: :class:`~autotransfer.space.dimensions.Recipe()`.
+
+    Returns:
+        The :class:`TrainResult`.
+
+    Raises:
+        TrialFailed: The loss became NaN or infinite (reason ``"diverged: ..."``).
+        TrialTimeout: ``deadline`` passed (checked before every batch).
+        Interrupted: SIGINT or SIGTERM asked for a stop (checked before every batch).
+        BadImageError: An image could not be read.
+    """
+    start = time.perf_counter()
+    runtime, recipe = runtime or Runtime(), recipe or Recipe()
+    seed_everything(seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    model.to(device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    history: list[dict[str, float]] = []
+    stop_reason = "completed"
+    train_loss: list[float] = []
+    train_seconds: list[float] = []
+    eval_seconds: list[float] = []
+    predictions: list[list[int]] = []
+    with prepare_inputs(model, dataset, data_config, budget.batch_size, seed=seed, device=device,
+                        runtime=runtime, hflip=hflip, check=lambda: _check_stop(deadline, 1),
+                        validate=validate, recipe=recipe) as inputs:
+        trained: Any = torch.compile(inputs.module) if runtime.compile else inputs.module
+        optimizer = make_optimizer(inputs.module, learning_rate, recipe)
+        loss_fn = _loss(inputs.module, recipe)
+        scheduler, _ = timm.scheduler.create_scheduler_v2(
+            optimizer, sched="cosine", num_epochs=budget.epochs, min_lr=0.0, warmup_epochs=0,
+            step_on_epochs=False, updates_per_epoch=len(inputs.train))
+        for epoch in range(1, budget.epochs + 1):
+            def check(epoch: int = epoch) -> None:
+                _check_stop(deadline, epoch)
+
+            tick = time.perf_counter()
+            train_loss.append(_train_epoch(trained, inputs, optimizer, scheduler, epoch, device, runtime, check,
+                                           loss_fn))
+            _synchronize(device)
+            train_seconds.append(time.perf_counter() - tick)
+            if inputs.val is None:
+                continue
+            tick = time.perf_counter()
+            y_true, y_pred, loss = predict_labels(trained, inputs.val, device, check=check, runtime=runtime)
+            eval_seconds.append(time.perf_counter() - tick)
+            predictions.append([int(p) for p in y_pred])
+            history.append(classification_metrics(y_true, y_pred, loss))
+            if on_epoch is not None and on_epoch(epoch, history[-1]) and epoch < budget.epochs:
+                stop_reason = f"pruned at epoch {epoch}"
+                break
+    return TrainResult(history[-1] if history else {}, len(train_loss), time.perf_counter() - start, stop_reason,
+                       history, inputs.mode, train_loss, train_seconds, eval_seconds, predictions)
+
+
+def make_optimizer(module: nn.Module, learning_rate: float, recipe: Recipe) -> torch.optim.Optimizer:
+    """AdamW over ``module``'s trainable parameters, through ``timm.optim.create_optimizer_v2``.
+
+    Biases and norm weights get no weight decay (``timm.optim.param_groups_weight_decay``); the
+    recipe's ``param_groups`` rules then edit the groups in turn (e.g. per-layer rates).
+    """
+    if not recipe.param_groups:
+        return timm.optim.create_optimizer_v2(module, opt="adamw", lr=learning_rate, weight_decay=recipe.weight_decay)
+    groups: list[dict[str, Any]] = timm.optim.param_groups_weight_decay(module, recipe.weight_decay)
+    for rule in recipe.param_groups:
+        groups = rule(module, groups)
+    return timm.optim.create_optimizer_v2(groups, opt="adamw", lr=learning_rate, weight_decay=0.0)
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _loss(module: nn.Module, recipe: Recipe) -> LossFn:
+    """The training loss of logits ``(B, K)`` and labels ``(B,)``: the recipe's (cross-entropy) plus its terms."""
+    base: LossFn = recipe.loss() if recipe.loss is not None else F.cross_entropy
+    if not recipe.extra_loss:
+        return base
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return base(logits, labels) + sum((term(module) for term in recipe.extra_loss), torch.zeros(()))
+
+    return loss
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _check_stop(deadline: float | None, epoch: int) -> None:
+    interrupt.check()
+    if deadline is not None and time.monotonic() > deadline:
+        raise TrialTimeout(f"timeout in epoch {epoch}", epochs_done=epoch - 1)
+
+
+def _train_epoch(model: nn.Module, inputs: TrialInputs, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 epoch: int, device: torch.device, runtime: Runtime, check: Callable[[], None],
+                 loss_fn: LossFn) -> float:
+    """One pass over the train batches (each batch's gradient accumulated over micro-batches); the mean loss."""
+    model.train()
+    updates = (epoch - 1) * len(inputs.train)
+    loss_sum, n_images = 0.0, 0
+    for step, (x, y) in enumerate(inputs.train, start=1):
+        check()
+        optimizer.zero_grad(set_to_none=True)
+        micro = runtime.micro_batch_for(device, len(y))
+        total = torch.zeros((), device=device)
+        for xs, ys in zip(x.split(micro), y.split(micro), strict=True):
+            # the mean loss over the batch, as a sum of micro-batch means weighted by their share
+            loss = loss_fn(_forward(model, xs, device, runtime), ys.to(device, non_blocking=True))
+            loss = loss * (len(ys) / len(y))
+            loss.backward()
+            total += loss.detach()
+        batch_loss = float(total)  # one device sync per step, which the finiteness check needs anyway
+        if not math.isfinite(batch_loss):
+            raise TrialFailed(f"diverged: loss is {batch_loss} at epoch {epoch} step {step}")
+        loss_sum, n_images = loss_sum + batch_loss * len(y), n_images + len(y)
+        optimizer.step()
+        updates += 1
+        scheduler.step_update(num_updates=updates)
+    return loss_sum / max(1, n_images)
