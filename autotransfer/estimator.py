@@ -27,6 +27,7 @@ from autotransfer.models.zoo import Zoo
 from autotransfer.settings import Budget, SearchSettings
 from autotransfer.space.search_space import SearchSpace
 from autotransfer.space.strategy import Strategy
+from autotransfer.storage.records import recommended_trial
 
 __all__ = ["TransferClassifier"]
 
@@ -52,10 +53,13 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             after its data, so the folds of a cross-validation get one study each, and fitting the same
             data again resumes its study.
         cache_mb: Memory bound of the cache (decoded images, features), in MiB.
+        finalists: Strategy families the confirmation stage trains again after the search (0: none); the
+            recommendation it decides is what ``best_params_`` and the refit model follow.
+        repeats: Confirmation runs per finalist; None: as many as fit half the search's compute.
 
     Attributes:
         classes_: Sorted unique labels of ``y``; column ``k`` of :meth:`predict_proba` is ``classes_[k]``.
-        best_params_: The chosen strategy (``backbone``, ``freeze_depth``, ``head_width``, ``learning_rate``, and
+        best_params_: The recommended strategy (``backbone``, ``freeze_depth``, ``head_width``, ``learning_rate``, and
             each recipe dimension the search sampled).
         best_score_: Its val metric in the search.
         best_trial_: Its trial number.
@@ -74,7 +78,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                  epochs: int = 3, timeout: float | None = None, batch_size: int = 32, metric: str = "accuracy",
                  pruner: str = "hyperband", val_fraction: float = 0.2, baseline: bool = True,
                  zoo: str | Path | Zoo | None = None, seed: int = 0, device: str = "auto",
-                 storage: str | None = None, cache_mb: float = 1024.0) -> None:
+                 storage: str | None = None, cache_mb: float = 1024.0, finalists: int = 3,
+                 repeats: int | None = None) -> None:
         self.space = space
         self.n_trials = n_trials
         self.epochs = epochs
@@ -89,6 +94,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.storage = storage
         self.cache_mb = cache_mb
+        self.finalists = finalists
+        self.repeats = repeats
 
     def fit(self, X: Any, y: Any) -> TransferClassifier:
         """Search on a stratified train/val split of ``X``, then refit the best strategy on all of ``X``.
@@ -108,7 +115,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         from autotransfer.training.runtime import Runtime  # PyTorch-heavy: loaded when used
 
         settings = SearchSettings(n_trials=self.n_trials, timeout=self.timeout, pruner=self.pruner, seed=self.seed,
-                                  device=self.device, storage=self.storage, baseline=self.baseline)
+                                  device=self.device, storage=self.storage, baseline=self.baseline,
+                                  finalists=self.finalists, repeats=self.repeats)
         budget = Budget(epochs=self.epochs, batch_size=self.batch_size, metric=self.metric)
         runtime = Runtime(cache_mb=self.cache_mb)
         images = as_image_list(X)
@@ -122,7 +130,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         self.study_: optuna.Study = result.study
         self.model_: TransferModel = model
-        best = result.study.best_trial
+        best = recommended_trial(result.study)
+        assert best is not None  # the refit above needs one
         self.best_trial_ = best.number
         self.best_params_ = Strategy.from_params(best.params).as_dict()
         self.best_score_ = float(best.value) if best.value is not None else float("nan")

@@ -87,6 +87,12 @@ class SearchSettings:
         heartbeat_interval: Seconds between heartbeats of running trials on a database server.
         baseline: Run the textbook recipe as the first trial of a new study.
         report_every: Minimum seconds between two refreshes of ``report.html`` during the search.
+        finalists: Strategy families whose best trial the confirmation stage trains again (0: no
+            stage; see :mod:`autotransfer.study.confirm`).
+        repeats: Confirmation runs per finalist (>= 2); None: as many as fit ``confirm_share`` (2 to 5).
+        tie_margin: Half-width of the region of practical equivalence, in metric units (0.01: one point).
+        resplit: Re-draw train/val for each repeat even when val is a folder the user gave.
+        confirm_share: Compute the stage may spend, as a share of the search's (when ``repeats`` is None).
 
     Raises:
         ConfigError: A value is out of range (raised on construction).
@@ -105,6 +111,11 @@ class SearchSettings:
     heartbeat_interval: int = 60
     baseline: bool = True
     report_every: float = 30.0
+    finalists: int = 3
+    repeats: int | None = None
+    tie_margin: float = 0.01
+    resplit: bool = False
+    confirm_share: float = 0.5
 
     def __post_init__(self) -> None:
         _positive_int("n_trials", self.n_trials, optional=True)
@@ -125,6 +136,20 @@ class SearchSettings:
         if isinstance(self.report_every, bool) or not isinstance(self.report_every, (int, float)) \
                 or not self.report_every >= 0:
             raise ConfigError(describe("report_every", "a number of seconds >= 0", self.report_every))
+        if isinstance(self.finalists, bool) or not isinstance(self.finalists, int) or self.finalists < 0:
+            raise ConfigError(describe("finalists", "an integer >= 0 (0: no confirmation stage)", self.finalists))
+        if self.repeats is not None and (isinstance(self.repeats, bool) or not isinstance(self.repeats, int)
+                                         or self.repeats < 2):
+            raise ConfigError(describe("repeats", "an integer >= 2, or None (as many as fit the budget)",
+                                       self.repeats))
+        if isinstance(self.tie_margin, bool) or not isinstance(self.tie_margin, (int, float)) \
+                or not 0 <= self.tie_margin < 0.5:
+            raise ConfigError(describe("tie_margin", "a metric difference in [0, 0.5) (0.01 = one point)",
+                                       self.tie_margin))
+        if isinstance(self.confirm_share, bool) or not isinstance(self.confirm_share, (int, float)) \
+                or not 0 < self.confirm_share <= 10:
+            raise ConfigError(describe("confirm_share", "a share of the search's compute in (0, 10]",
+                                       self.confirm_share))
         if self.out is not None and not isinstance(self.out, Path):
             object.__setattr__(self, "out", Path(self.out))
 

@@ -29,7 +29,8 @@ def to_unit_range(images: np.ndarray) -> np.ndarray:
 def main(n_images: int = 500, n_trials: int = 4, epochs: int = 3, cv: int = 3) -> None:
     digits = load_digits()
     X, y = digits.images[:n_images], digits.target[:n_images]  # X: (N, 8, 8)
-    classifier = TransferClassifier(space="demo", n_trials=n_trials, epochs=epochs, seed=0, baseline=False)
+    classifier = TransferClassifier(space="demo", n_trials=n_trials, epochs=epochs, seed=0, baseline=False,
+                                    finalists=0)  # inside cross_val_score: no confirmation stage per fold
     pipeline = make_pipeline(FunctionTransformer(to_unit_range), classifier)
     scores = cross_val_score(pipeline, X, y, cv=cv, error_score="raise")
     print(f"{cv}-fold accuracy of search + refit: {scores.round(4).tolist()} (mean {scores.mean():.4f})")

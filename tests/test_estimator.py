@@ -30,7 +30,7 @@ def _photos(per_class: int = 12) -> tuple[list[str], list[str]]:
 
 def _classifier(zoo: Path, space: dict[str, object], **kwargs: object) -> TransferClassifier:
     params: dict[str, object] = {"space": space, "n_trials": 2, "epochs": 1, "zoo": zoo, "baseline": False,
-                                 "pruner": "none", "seed": 0, "device": "cpu", **kwargs}
+                                 "pruner": "none", "seed": 0, "device": "cpu", "finalists": 0, **kwargs}
     return TransferClassifier(**params)  # type: ignore[arg-type]
 
 

@@ -151,3 +151,24 @@ def test_a_hostile_class_name_is_shown_as_text_and_runs_nothing(tmp_path: Path, 
     shots.mkdir(parents=True, exist_ok=True)
     page.locator("section#best-trial").screenshot(path=str(shots / "best-trial.png"))
     page.close()
+
+
+def test_the_finalists_section_opens_in_chromium(tmp_path: Path, test_model_zoo: Path,
+                                                 request: pytest.FixtureRequest) -> None:
+    space = {"backbone": ["test_resnet.local"], "freeze_depth": [0.5, 1.0], "head_width": [0, 16],
+             "learning_rate": {"low": 3e-3, "high": 1e-2}}
+    result = search(_evil_digits(tmp_path / "data"), space=space, n_trials=4, epochs=1, zoo=test_model_zoo,
+                    out=tmp_path / "out", device="cpu", pruner="none", baseline=False, finalists=2, repeats=2)
+    assert result.decision is not None
+    report = tmp_path / "out" / "report.html"
+    assert 'id="finalists"' in report.read_text()
+    chromium = request.getfixturevalue("browser")  # skips here, after the HTML checks, without Chromium
+    opened = open_report(chromium, report)
+    page = opened.page
+    assert opened.dialogs == [] and opened.requests == [] and opened.console == []
+    text = page.locator("section#finalists").inner_text()
+    assert result.decision["outcome"] in text and "P(tie)" in text and "Recommended: trial" in text
+    shots = ARTIFACTS / "report-finalists"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.locator("section#finalists").screenshot(path=str(shots / "finalists.png"))
+    page.close()

@@ -21,12 +21,12 @@ from autotransfer import interrupt
 from autotransfer.errors import AutotransferError
 from autotransfer.logs import configure_logging
 from autotransfer.results.report import write_report
-from autotransfer.results.status import describe_params, format_status, study_status
+from autotransfer.results.status import describe_decision, describe_params, format_status, study_status
 from autotransfer.settings import PRUNERS, Budget, SearchSettings
 from autotransfer.space.dimensions import DIMENSIONS
 from autotransfer.storage.backends import load_existing_study
 from autotransfer.storage.output_folder import OutputFolder
-from autotransfer.storage.records import TrialAttr, best_trial, stop_reason
+from autotransfer.storage.records import StudyAttr, TrialAttr, best_trial, stop_reason
 
 if TYPE_CHECKING:
     from autotransfer.study.search import SearchResult
@@ -84,28 +84,59 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="HTML file to write (default: report.html beside a SQLite "
                    "study.db or a study.journal, else reports/STUDY_NAME/report.html)")
     st = sub.add_parser("status", help="print a study's progress: trials by state, best so far, time left")
-    st.add_argument("--storage", required=True, help="Optuna storage URL or journal file of the study")
-    st.add_argument("--study-name", help="study name (may be omitted when the storage holds one study)")
+    _add_study(st)
     _add_model_commands(sub)
+    c = sub.add_parser("confirm", help="run or complete the confirmation stage of a stored study: train the "
+                       "finalists again on paired repeats and decide (leader, equivalent or undecided)")
+    _add_study(c)
+    _add_confirm(c, repeats_help="repeats per finalist (default: 3; a resumed stage keeps its stored plan)")
+    _add_stored_inputs(c)
     return parser
+
+
+def _add_stored_inputs(p: argparse.ArgumentParser) -> None:
+    """What a command that trains from a stored study needs besides the study: data, zoo, device, runtime."""
+    p.add_argument("--data", help="the dataset folder, if it moved since the search (default: the folder the "
+                   "search used)")
+    p.add_argument("--zoo", help="local zoo YAML (default: $AUTOTRANSFER_ZOO, then the zoo the search used)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    _add_runtime(p)
+
+
+def _add_study(p: argparse.ArgumentParser) -> None:
+    """``--storage`` (required) and ``--study-name``: which stored study a command reads."""
+    p.add_argument("--storage", required=True, help="Optuna storage URL or journal file of the study")
+    p.add_argument("--study-name", help="study name (may be omitted when the storage holds one study)")
+
+
+def _add_confirm(p: argparse.ArgumentParser, *, repeats_help: str) -> None:
+    """The confirmation stage's flags (fields of SearchSettings), shared by search, demo and confirm."""
+    p.add_argument("--finalists", type=int, default=3, metavar="K", help="strategy families whose best trial is "
+                   "trained again after the search (0: no confirmation stage) (default: 3)")
+    p.add_argument("--repeats", type=int, metavar="R", help=repeats_help)
+    p.add_argument("--tie-margin", type=float, default=1.0, metavar="POINTS", help="differences within this many "
+                   "points of the metric count as practically equivalent (default: 1)")
+    p.add_argument("--resplit", action="store_true", help="re-draw train/val for each repeat even when val is a "
+                   "folder you gave (default: only for splits autotransfer made, with under 1,000 val images)")
+
+
+def confirm_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~autotransfer.settings.SearchSettings` fields the confirmation flags give."""
+    return {"finalists": args.finalists, "repeats": args.repeats, "tie_margin": args.tie_margin / 100,
+            "resplit": args.resplit}
 
 
 def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rf = sub.add_parser("refit", help="retrain the best strategy (or --trial N) on train+val with the full budget, "
                         "evaluate it once on test, and save the model")
-    rf.add_argument("--storage", required=True, help="Optuna storage URL or journal file of the study")
-    rf.add_argument("--study-name", help="study name (may be omitted when the storage holds one study)")
+    _add_study(rf)
     rf.add_argument("--trial", type=int, help="trial number whose strategy to refit (default: the best trial)")
     rf.add_argument("--epochs", type=int, help="epochs (default: the search's --epochs)")
     rf.add_argument("--out", type=Path, required=True, help="folder to save the model in (model.safetensors, "
                     "model.json)")
     rf.add_argument("--train-on", default="auto", choices=["auto", "train", "train+val"], help="auto (default): "
                     "train+val when the dataset has a test split, else train, evaluated once on val")
-    rf.add_argument("--data", help="the dataset folder, if it moved since the search (default: the folder the "
-                    "search used)")
-    rf.add_argument("--zoo", help="local zoo YAML (default: $AUTOTRANSFER_ZOO, then the zoo the search used)")
-    rf.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    _add_runtime(rf)
+    _add_stored_inputs(rf)
     pr = sub.add_parser("predict", help="predict the class of images with a saved model; writes a CSV")
     pr.add_argument("model", type=Path, help="model folder (from autotransfer refit --out or TransferModel.save)")
     pr.add_argument("images", nargs="+", help="image files or folders (searched recursively for images)")
@@ -136,6 +167,8 @@ def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space
                    "(pruned at its last epoch, or failed before its first)")
     p.add_argument("--heartbeat-interval", type=int, default=60, metavar="SECONDS", help="heartbeat of running "
                    "trials on a database server; a trial silent for twice this is retried (default: 60)")
+    _add_confirm(p, repeats_help="repeats per finalist (default: as many, 2 to 5, as fit half of the search's "
+                 "compute)")
     _add_runtime(p)
 
 
@@ -164,10 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     if args.command in ("report", "status"):
         return _read_only(args)
-    if args.command in ("refit", "predict"):
-        from autotransfer.cli.model_commands import predict_command, refit_command  # imports PyTorch
+    if args.command in ("refit", "predict", "confirm"):
+        from autotransfer.cli.model_commands import confirm_command, predict_command, refit_command  # PyTorch
 
         try:
+            if args.command == "confirm":
+                with interrupt.graceful_stop(hard_exit=True):
+                    return confirm_command(args, runtime_options(args), confirm_options(args))
             return refit_command(args, runtime_options(args)) if args.command == "refit" else predict_command(args)
         except AutotransferError as err:
             print(f"autotransfer: error: {err}", file=sys.stderr)
@@ -191,7 +227,8 @@ def _search(args: argparse.Namespace) -> int:
         settings = SearchSettings(
             n_trials=args.n_trials, timeout=args.timeout, trial_timeout=args.trial_timeout, pruner=args.pruner,
             seed=args.seed, device=args.device, storage=getattr(args, "storage", None), study_name=name, out=out,
-            workers=args.workers, heartbeat_interval=args.heartbeat_interval, baseline=not args.no_baseline)
+            workers=args.workers, heartbeat_interval=args.heartbeat_interval, baseline=not args.no_baseline,
+            **confirm_options(args))
         budget = Budget(epochs=args.epochs, batch_size=args.batch_size, metric=args.metric)
         result = search(data, space=args.space, settings=settings, budget=budget,
                         runtime=Runtime(**runtime_options(args)), zoo=args.zoo, on_epoch=progress.epoch,
@@ -234,9 +271,16 @@ def _print_summary(result: SearchResult, out: Path) -> None:
     show = ["rank", "number", "state", "value", *(c for c in board.columns if c.startswith("params_")), *_SHOW_TRIAL]
     print(board[show].head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     best = result.best
+    if result.decision is not None:
+        print()
+        print("\n".join(describe_decision(result.decision)))
+    elif result.study.user_attrs.get(StudyAttr.CONFIRM_SKIPPED):
+        print(f"\nConfirmation skipped: {result.study.user_attrs[StudyAttr.CONFIRM_SKIPPED]}.")
     if best is not None:
         params = {k: best[k] for k in DIMENSIONS if k in best and k != "backbone"}
-        print(f"\nBest: {best['family']}, {describe_params(params)}: val accuracy {best['val_accuracy']:.4f}")
+        label = "Recommended" if result.decision is not None else "Best"
+        print(f"\n{label}: trial {best['trial']}, {best['family']}, {describe_params(params)}: val accuracy "
+              f"{best['val_accuracy']:.4f} in the search")
     folder = OutputFolder(out)
     print(f"Wrote {folder.leaderboard} and {folder.report}")
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
 
 from autotransfer.data.dataset import IMAGE_EXTENSIONS, decode_error
@@ -18,14 +19,36 @@ from autotransfer.deploy.model import load_model
 from autotransfer.errors import DataError, describe
 from autotransfer.files import atomic_write_text
 from autotransfer.results.report import write_report
-from autotransfer.results.status import describe_params
+from autotransfer.results.status import describe_decision, describe_params
+from autotransfer.settings import SearchSettings
+from autotransfer.space.search_space import load_search_space
+from autotransfer.space.strategy import Strategy
 from autotransfer.storage.backends import load_existing_study
 from autotransfer.storage.output_folder import OutputFolder
-from autotransfer.study.refit import refit
+from autotransfer.storage.records import StudyAttr, read_budget, read_config
+from autotransfer.study.confirm import run_confirmation
+from autotransfer.study.objective import Objective
+from autotransfer.study.refit import refit, resolve_zoo, stored_dataset
 from autotransfer.training.runtime import Runtime
 from autotransfer.training.trainer import resolve_device
 
-__all__ = ["image_files", "predict_command", "predictions_table", "refit_command"]
+__all__ = ["confirm_command", "image_files", "predict_command", "predictions_table", "refit_command"]
+
+
+def _runtime(storage: str, options: dict[str, Any]) -> tuple[OutputFolder | None, Runtime]:
+    """The output folder of a storage file, and the runtime flags with the search's feature cache in it."""
+    folder = OutputFolder.of_storage(storage)
+    runtime = Runtime(**options)
+    if folder is not None and runtime.cache:
+        runtime = replace(runtime, cache_dir=folder.cache)
+    return folder, runtime
+
+
+def _refresh_report(study: optuna.Study, folder: OutputFolder | None, what: str) -> None:
+    """Rewrite the report beside a SQLite or journal storage, if the search wrote one there."""
+    if folder is not None and folder.report.is_file():
+        write_report(study, folder.report)
+        print(f"Updated {folder.report} {what}.")
 
 
 def refit_command(args: argparse.Namespace, runtime_options: dict[str, Any]) -> int:
@@ -37,10 +60,7 @@ def refit_command(args: argparse.Namespace, runtime_options: dict[str, Any]) -> 
             feature cache is the search's (``OUT/cache`` beside a SQLite or journal storage).
     """
     study = load_existing_study(args.storage, args.study_name)
-    folder = OutputFolder.of_storage(args.storage)
-    runtime = Runtime(**runtime_options)
-    if folder is not None and runtime.cache:
-        runtime = replace(runtime, cache_dir=folder.cache)
+    folder, runtime = _runtime(args.storage, runtime_options)
     model = refit(study, trial=args.trial, epochs=args.epochs, train_on=args.train_on, data=args.data, zoo=args.zoo,
                   device=args.device, runtime=runtime)
     model.save(args.out)
@@ -56,9 +76,35 @@ def refit_command(args: argparse.Namespace, runtime_options: dict[str, Any]) -> 
     if "test" not in model.metrics and "val" not in model.metrics:
         print("No held-out images: trained on train+val of a dataset without a test split.")
     print(f"Saved the model to {args.out}")
-    if folder is not None and folder.report.is_file():
-        write_report(study, folder.report)
-        print(f"Updated {folder.report} with the refit's figures.")
+    _refresh_report(study, folder, "with the refit's figures")
+    return 0
+
+
+def confirm_command(args: argparse.Namespace, runtime_options: dict[str, Any], confirm_options: dict[str, Any]) -> int:
+    """``autotransfer confirm``: run or complete the confirmation stage of a stored study; exit status 0.
+
+    Everything the runs need comes from the study (dataset split and folder, budget, seed, zoo); the
+    feature cache is the search's beside a SQLite or journal storage, and the report there is rewritten.
+    """
+    study = load_existing_study(args.storage, args.study_name)
+    config = read_config(study)
+    stored = dict(study.user_attrs.get(StudyAttr.DATA, {}))
+    dataset = stored_dataset(study, args.data)
+    zoo = resolve_zoo(args.zoo, stored.get("zoo"))
+    folder, runtime = _runtime(args.storage, runtime_options)
+    settings = SearchSettings(seed=int(stored.get("seed", 0)), device=args.device, **confirm_options)
+    space = load_search_space(config["space"])
+    baseline = config.get("baseline")
+    if isinstance(baseline, dict):  # the space the trials were drawn from held the baseline recipe
+        space, _ = space.including(Strategy.from_params(baseline["params"]))
+    objective = Objective(dataset, space, read_budget(config), zoo, settings, runtime, resolve_device(args.device))
+    decision = run_confirmation(study, objective, budget_seconds=None)
+    record = study.user_attrs.get(StudyAttr.DECISION)
+    if decision is None or not isinstance(record, dict):
+        print(f"No decision: {study.user_attrs.get(StudyAttr.CONFIRM_SKIPPED, 'the stage did not run')}.")
+    else:
+        print("\n".join(describe_decision(record)))
+    _refresh_report(study, folder, "with the decision")
     return 0
 
 

@@ -6,11 +6,12 @@ Columns follow Optuna's ``trials_dataframe`` vocabulary (``number``, ``value``, 
     rank, number, state, value, params_backbone, params_freeze_depth, params_head_width,
     params_learning_rate, [params_<recipe dimension> ...], family, val_accuracy,
     val_balanced_accuracy, val_macro_f1, epochs, seconds, trainable_params, total_params,
-    stop_reason, baseline
+    images_per_second, stop_reason, baseline
 
 A recipe dimension (:mod:`autotransfer.space.dimensions`) gets a ``params_`` column when any trial
 sampled it. ``family`` comes from the network each trial built (:func:`~autotransfer.storage.records.trial_family`);
-``epochs`` is the number each trial ran.
+``epochs`` is the number each trial ran; ``images_per_second`` the trained network's inference throughput
+on images on the machine that ran it (complete trials).
 
 Ranking: complete trials first by objective value, then pruned, running and failed trials,
 each by the last validation value they reported.
@@ -30,7 +31,8 @@ __all__ = ["LEADERBOARD_COLUMNS", "leaderboard"]
 
 _HEAD = ["rank", "number", "state", "value"]
 _ATTRS = [TrialAttr.FAMILY, *(TrialAttr.val(m) for m in METRICS), TrialAttr.EPOCHS_RUN, TrialAttr.SECONDS,
-          TrialAttr.TRAINABLE_PARAMS, TrialAttr.TOTAL_PARAMS, TrialAttr.STOP_REASON, TrialAttr.BASELINE]
+          TrialAttr.TRAINABLE_PARAMS, TrialAttr.TOTAL_PARAMS, TrialAttr.IMAGES_PER_SECOND, TrialAttr.STOP_REASON,
+          TrialAttr.BASELINE]
 LEADERBOARD_COLUMNS = [*_HEAD, *(f"params_{name}" for name in CORE), *_ATTRS]
 """The columns of every leaderboard; recipe dimensions a study sampled add ``params_`` columns after the core ones."""
 _STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}

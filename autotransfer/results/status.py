@@ -20,12 +20,13 @@ from autotransfer.storage.records import (
     StudyAttr,
     TrialAttr,
     best_trial,
+    companion_study,
     counts_towards_n_trials,
     stop_reason,
     study_metric,
 )
 
-__all__ = ["StudyStatus", "describe_params", "format_status", "study_status"]
+__all__ = ["StudyStatus", "describe_decision", "describe_params", "format_status", "study_status"]
 
 
 @dataclass
@@ -44,6 +45,9 @@ class StudyStatus:
         run: The latest run's record (``started`` in Unix seconds, ``timeout``, ``n_trials``, ``workers``).
         median_seconds: Median seconds per finished trial, or None.
         now: When this was read (Unix seconds).
+        confirmation: Progress of the confirmation stage (``{"note", "done", "total", "running"}``), or None.
+        decision: The confirmation's stored decision, or None.
+        skipped: Why the confirmation stage did not run, or None.
     """
 
     study_name: str
@@ -58,6 +62,9 @@ class StudyStatus:
     run: dict[str, Any] | None = None
     median_seconds: float | None = None
     now: float = 0.0
+    confirmation: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
+    skipped: str | None = None
 
     @property
     def elapsed(self) -> float | None:
@@ -106,9 +113,24 @@ def study_status(study: optuna.Study) -> StudyStatus:
     best = None if b is None else {"number": b.number, "value": b.value, "params": dict(b.params)}
     running = [{"number": t.number, "epoch": t.user_attrs.get(TrialAttr.EPOCHS_RUN, 0),
                 "worker": t.user_attrs.get(TrialAttr.WORKER)} for t in trials if t.state == TrialState.RUNNING]
+    decision = study.user_attrs.get(StudyAttr.DECISION)
     return StudyStatus(study.study_name, states, reasons.count("stale"), reasons.count("interrupted"),
                        sum(counts_towards_n_trials(t) for t in trials), (run or {}).get("n_trials"), best,
-                       study_metric(study), running, run, statistics.median(seconds) if seconds else None, time.time())
+                       study_metric(study), running, run, statistics.median(seconds) if seconds else None, time.time(),
+                       _confirmation(study), decision if isinstance(decision, dict) else None,
+                       study.user_attrs.get(StudyAttr.CONFIRM_SKIPPED))
+
+
+def _confirmation(study: optuna.Study) -> dict[str, Any] | None:
+    """Progress of the confirmation runs in the companion study."""
+    companion = companion_study(study)
+    plan = None if companion is None else companion.user_attrs.get(StudyAttr.CONFIRM_PLAN)
+    if companion is None or not isinstance(plan, dict):
+        return None
+    runs = companion.get_trials(deepcopy=False)
+    return {"note": plan.get("note", ""), "total": len(plan["finalists"]) * len(plan["seeds"]),
+            "done": sum(t.state == TrialState.COMPLETE for t in runs),
+            "running": sum(t.state == TrialState.RUNNING for t in runs)}
 
 
 def describe_params(params: dict[str, Any]) -> str:
@@ -118,6 +140,24 @@ def describe_params(params: dict[str, Any]) -> str:
               if name in params and name != "backbone"]
     parts += [f"{name} {value}" for name, value in params.items() if name not in DIMENSIONS]
     return ", ".join(str(p) for p in parts)
+
+
+def describe_decision(record: dict[str, Any]) -> list[str]:
+    """The confirmation's decision (``StudyAttr.DECISION``) as the lines the command line prints."""
+    margin = 100 * float(record.get("margin", 0.01))
+    test = "correlated t-test over re-drawn splits" if record.get("resplit") else "paired bootstrap over val images"
+    lines = [f"Confirmation ({record.get('note', '')}): {record['outcome']}, tie margin {margin:g} point(s), "
+             f"{test}.", f"  {record.get('reason', '')}"]
+    for f in record.get("finalists", []):
+        lines.append(f"  finalist trial {f['trial']} ({f['family']}): mean {f['mean']:.4f} "
+                     f"(95% interval {f['low']:.4f} to {f['high']:.4f} over {len(f['scores'])} repeats), "
+                     f"{f['images_per_second']:.0f} images/s")
+    lines.append(f"  recommended: trial {record['recommended_trial']}; Optuna's best val trial: "
+                 f"{record.get('optuna_best_trial')}; differences under {100 * float(record['detectable']):.1f} "
+                 "points are not resolved by these repeats"
+                 + (f"; about {record['repeats_needed']} repeats would decide" if record.get("repeats_needed")
+                    else ""))
+    return lines
 
 
 def _duration(seconds: float) -> str:
@@ -149,6 +189,13 @@ def format_status(status: StudyStatus) -> str:
                      f"worker(s)" + (f", --timeout {s.run['timeout']:g} s" if s.run.get("timeout") else ""))
     if s.timeout_left:
         lines.append(f"  timeout: no new trial starts after {_duration(s.timeout_left)} from now")
+    if s.confirmation is not None and s.decision is None:
+        c = s.confirmation
+        lines.append(f"  confirmation: {c['done']} of {c['total']} runs complete, {c['running']} running ({c['note']})")
+    if s.decision is not None:
+        lines.extend(describe_decision(s.decision))
+    elif s.skipped:
+        lines.append(f"  confirmation skipped: {s.skipped}")
     if s.estimated_left is not None and s.n_trials is not None and s.finished < s.n_trials:
         lines.append(f"  estimated remaining: about {_duration(s.estimated_left)} ({s.n_trials - s.finished} "
                      f"trial(s) at a median {s.median_seconds:.0f} s each)")

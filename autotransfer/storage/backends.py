@@ -29,6 +29,7 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 
 from autotransfer.errors import ConfigError, describe
+from autotransfer.storage.records import CONFIRM_SUFFIX
 
 __all__ = [
     "check_workers",
@@ -185,7 +186,8 @@ def load_existing_study(storage: str, study_name: str | None = None) -> optuna.S
 
     Args:
         storage: ``sqlite:///OUT/study.db``, a journal file path, or a database server URL.
-        study_name: The study's name; may be omitted when the storage holds exactly one study.
+        study_name: The study's name; may be omitted when the storage holds exactly one study (its
+            confirmation study, ``<name>.confirm``, does not count).
 
     Returns:
         The study (trials are read live, so a running study shows its running trials).
@@ -204,6 +206,7 @@ def load_existing_study(storage: str, study_name: str | None = None) -> optuna.S
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as err:
         raise ConfigError(f"Cannot read the storage {_redact(storage)!r}: {err}") from err
     if study_name is None:
+        names = [n for n in names if not (n.endswith(CONFIRM_SUFFIX) and n.removesuffix(CONFIRM_SUFFIX) in names)]
         if len(names) != 1:
             raise ConfigError(f"The storage {_redact(storage)!r} holds {len(names)} studies {sorted(names)}; "
                               "choose one with --study-name.")

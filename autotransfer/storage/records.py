@@ -28,16 +28,20 @@ from autotransfer.space.dimensions import DIMENSIONS
 from autotransfer.space.strategy import family_label, transfer_mode
 
 __all__ = [
+    "CONFIRM_SUFFIX",
     "FORMAT_VERSION",
     "UNCOUNTED_REASONS",
     "StudyAttr",
     "TrialAttr",
     "best_trial",
     "budget_record",
+    "companion_study",
     "counts_towards_n_trials",
     "read_budget",
     "read_config",
+    "recommended_trial",
     "stop_reason",
+    "stored_decision",
     "study_metric",
     "trial_family",
 ]
@@ -66,6 +70,10 @@ class TrialAttr:
     INPUTS: Final = "inputs"  # "features", "prefix" or "images"
     BASELINE: Final = "baseline"  # True on the textbook baseline trial
     VAL_PREFIX: Final = "val_"  # + metric name: val_accuracy, val_balanced_accuracy, val_macro_f1, val_loss
+    IMAGES_PER_SECOND: Final = "images_per_second"  # inference throughput of the trained network, this machine
+    FINALIST: Final = "finalist"  # confirmation runs: index of the finalist
+    REPEAT: Final = "repeat"  # confirmation runs: index of the repeat
+    SOURCE_TRIAL: Final = "source_trial"  # confirmation runs: the search trial the finalist came from
 
     @staticmethod
     def val(metric: str) -> str:
@@ -83,6 +91,12 @@ class StudyAttr:
     REFIT: Final = "autotransfer.refit"  # the latest refit: {"trial", "eval_split", "metrics", ...}
     EXCLUDED: Final = "autotransfer.excluded"  # [[path, reason], ...] of undecodable files
     RUN_PREFIX: Final = "autotransfer.run."  # + "HOST.PID": {"started", "timeout", "n_trials", "workers"}
+    DECISION: Final = "autotransfer.decision"  # the confirmation's outcome, recommendation and summaries
+    CONFIRM_PLAN: Final = "autotransfer.confirm.plan"  # on the companion study: finalists, seeds, splits
+    CONFIRM_SKIPPED: Final = "autotransfer.confirm.skipped"  # why the stage did not run (text)
+
+
+CONFIRM_SUFFIX: Final = ".confirm"  # the companion study holding the confirmation runs: "<name>.confirm"
 
 
 # Failed trials that do not use up --n-trials: the strategy was not judged, only cut short.
@@ -133,6 +147,32 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return study.best_trial
     except ValueError:  # Optuna's answer when no trial has completed
         return None
+
+
+def stored_decision(study: optuna.Study) -> dict[str, Any] | None:
+    """The confirmation's decision stored with the study (outcome, recommendation, finalists), or None."""
+    record = study.user_attrs.get(StudyAttr.DECISION)
+    return dict(record) if isinstance(record, dict) else None
+
+
+def recommended_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The recommended strategy's search trial: the confirmation's pick where one was decided, else Optuna's best."""
+    decision = stored_decision(study)
+    if decision is not None and isinstance(decision.get("recommended_trial"), int):
+        number = decision["recommended_trial"]
+        found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if found:
+            return found[0]
+    return best_trial(study)
+
+
+def companion_study(study: optuna.Study) -> optuna.Study | None:
+    """The confirmation runs' study (``<name>.confirm``) in the same storage, or None if there is none."""
+    storage = study._storage  # Optuna has no public accessor; its own fail_stale_trials reads it too
+    name = study.study_name + CONFIRM_SUFFIX
+    if name not in {s.study_name for s in storage.get_all_studies()}:
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def stop_reason(trial: FrozenTrial) -> str:

@@ -41,7 +41,7 @@ from autotransfer.space.strategy import Strategy, family_label, transfer_mode
 from autotransfer.storage.records import StudyAttr, TrialAttr, best_trial
 from autotransfer.study.recovery import worker_identity
 from autotransfer.training.runtime import Runtime
-from autotransfer.training.trainer import TrainResult, evaluate_split, fit, seed_everything
+from autotransfer.training.trainer import TrainResult, evaluate_split, fit, images_per_second, seed_everything
 
 __all__ = ["EpochProgress", "Objective", "trial_seed"]
 
@@ -97,17 +97,18 @@ class Objective:
         trial.set_user_attr(TrialAttr.STOP_REASON, "running")  # a retried trial inherits its original's attributes
         try:
             interrupt.check()
-            seed = trial_seed(self.settings.seed, trial.number)
+            seed = self.seed_of(trial)
             seed_everything(seed)  # before building: the head's initial weights come from this seed
-            strategy = self.space.suggest(trial)
+            strategy = self.strategy_of(trial)
             net, data_config, result = self._train(trial, strategy, seed, start)
             if result.stop_reason != "completed":
                 self._finish(trial, result.stop_reason, start)
                 raise optuna.TrialPruned(result.stop_reason)
             score = result.metrics[self.budget.metric]
             trial.set_user_attr(TrialAttr.VAL_PREDICTIONS, result.predictions)
-            if self.dataset.splits.get("test") and _is_new_best(trial, score):
-                self._record_test(trial, net, data_config)
+            trial.set_user_attr(TrialAttr.IMAGES_PER_SECOND, round(images_per_second(
+                net, self.dataset, data_config, device=self.device, runtime=self.runtime), 1))
+            self.after_training(trial, net, data_config, score)
         except KeyboardInterrupt:
             self._finish(trial, "interrupted", start)
             raise
@@ -127,6 +128,20 @@ class Objective:
             raise TrialFailed(reason) from err
         self._finish(trial, result.stop_reason, start)
         return score
+
+    def seed_of(self, trial: optuna.Trial) -> int:
+        """The trial's seed: :func:`trial_seed` of the study seed and the trial number."""
+        return trial_seed(self.settings.seed, trial.number)
+
+    def strategy_of(self, trial: optuna.Trial) -> Strategy:
+        """The trial's strategy, sampled from the search space."""
+        return self.space.suggest(trial)
+
+    def after_training(self, trial: optuna.Trial, net: BackboneWithHead, data_config: dict[str, Any],
+                       score: float) -> None:
+        """After a complete trial: a new best is evaluated once on the test split (for the report only)."""
+        if self.dataset.splits.get("test") and _is_new_best(trial, score):
+            self._record_test(trial, net, data_config)
 
     def _train(self, trial: optuna.Trial, strategy: Strategy, seed: int, start: float
                ) -> tuple[BackboneWithHead, dict[str, Any], TrainResult]:

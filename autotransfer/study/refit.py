@@ -33,12 +33,12 @@ from autotransfer.models.network import BackboneWithHead
 from autotransfer.models.zoo import Zoo, check_backbones, create_backbone, load_zoo
 from autotransfer.settings import METRICS, Budget
 from autotransfer.space.strategy import CORE, Strategy
-from autotransfer.storage.records import StudyAttr, TrialAttr, best_trial, read_budget, read_config
+from autotransfer.storage.records import StudyAttr, TrialAttr, read_budget, read_config, recommended_trial
 from autotransfer.study.objective import trial_seed
 from autotransfer.training.runtime import Runtime
 from autotransfer.training.trainer import classification_metrics, fit, resolve_device, seed_everything
 
-__all__ = ["TRAIN_ON", "choose_trial", "evaluate_model", "refit", "stored_dataset"]
+__all__ = ["TRAIN_ON", "choose_trial", "evaluate_model", "refit", "resolve_zoo", "stored_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def refit(
 
     Args:
         study: A study made by :func:`autotransfer.search` (any storage; it must be writable).
-        trial: The trial whose strategy to refit (complete, pruned or failed); None: the best trial.
+        trial: The trial whose strategy to refit (complete, pruned or failed); None: the recommended
+            strategy's (the confirmation stage's pick, else Optuna's best trial).
         epochs: Epochs to train; None: the study's budget (``--epochs`` of the search).
         train_on: ``"train+val"``, ``"train"``, or ``"auto"``: train+val when the dataset has a test
             split, else train (so that val can judge the refit).
@@ -94,7 +95,7 @@ def refit(
     strategy = Strategy.from_params(chosen.params)
     stored = dict(study.user_attrs.get(StudyAttr.DATA, {}))
     dataset = _check_dataset(dataset, config) if dataset is not None else stored_dataset(study, data)
-    local_zoo = _zoo(zoo, stored.get("zoo"))
+    local_zoo = resolve_zoo(zoo, stored.get("zoo"))
     check_backbones([strategy.backbone], local_zoo)
     torch_device = resolve_device(device)
     runtime = runtime or Runtime()
@@ -160,7 +161,7 @@ def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     """
     trials = study.get_trials(deepcopy=False)
     if number is None:
-        best = best_trial(study)
+        best = recommended_trial(study)
         if best is None:
             raise ConfigError(f"Study {study.study_name!r} has no complete trial to refit; pass a trial number "
                               "(--trial N) of a pruned one, or run the search longer.")
@@ -238,7 +239,7 @@ def _check_dataset(dataset: ImageDataset, config: dict[str, Any]) -> ImageDatase
     return dataset
 
 
-def _zoo(zoo: str | Path | Zoo | None, stored: str | None) -> Zoo:
+def resolve_zoo(zoo: str | Path | Zoo | None, stored: str | None) -> Zoo:
     """The zoo to build the backbone from: given, then ``$AUTOTRANSFER_ZOO``, then the search's zoo file."""
     if isinstance(zoo, Zoo):
         return zoo

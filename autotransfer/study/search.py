@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,9 +38,12 @@ from autotransfer.storage.records import (
     best_trial,
     budget_record,
     read_config,
+    recommended_trial,
+    stored_decision,
     study_metric,
     trial_family,
 )
+from autotransfer.study.confirm import run_confirmation
 from autotransfer.study.objective import EpochProgress, Objective
 from autotransfer.study.recovery import finished_trials, reclaim_stale_trials, record_run
 from autotransfer.study.sampling import make_pruner
@@ -178,8 +182,25 @@ class SearchResult:
 
     @property
     def best(self) -> dict[str, Any] | None:
-        """The best complete trial's strategy and metrics as a dict, or None if none completed."""
-        trial = best_trial(self.study)
+        """The recommended strategy's trial and metrics as a dict, or None if none completed.
+
+        The recommendation is the confirmation stage's pick where it decided one
+        (:mod:`autotransfer.study.confirm`), else Optuna's best trial (:attr:`optuna_best`).
+        """
+        return self._row(recommended_trial(self.study))
+
+    @property
+    def optuna_best(self) -> dict[str, Any] | None:
+        """Optuna's single best val trial (``study.best_trial``) as a dict, or None; shown beside :attr:`best`."""
+        return self._row(best_trial(self.study))
+
+    @property
+    def decision(self) -> dict[str, Any] | None:
+        """The confirmation's stored decision (outcome, finalists, comparisons), or None if it did not run."""
+        return stored_decision(self.study)
+
+    @staticmethod
+    def _row(trial: FrozenTrial | None) -> dict[str, Any] | None:
         if trial is None:
             return None
         attrs = trial.user_attrs
@@ -189,8 +210,8 @@ class SearchResult:
 
     @property
     def best_value(self) -> float | None:
-        """The best complete trial's objective value (validation metric), or None."""
-        trial = best_trial(self.study)
+        """The recommended trial's objective value in the search (validation metric), or None."""
+        trial = recommended_trial(self.study)
         return None if trial is None else trial.value
 
 
@@ -307,9 +328,19 @@ def _settings(settings: SearchSettings | None, budget: Budget | None, runtime: R
 
 
 def _run(job: WorkerJob, study: optuna.Study) -> None:
-    """Run the remaining trials, write the outputs (also on errors), raise if a signal stopped it."""
+    """Run the remaining trials, then the confirmation stage; write the outputs (also on errors); raise if a
+    signal stopped it.
+
+    With a ``timeout`` and a stage sized to the search (``repeats`` None), the search starts no trial
+    after ``timeout / (1 + confirm_share)`` seconds, so the stage fits inside the timeout.
+    """
     settings = job.settings
+    started = time.monotonic()
     remaining = None if settings.n_trials is None else settings.n_trials - finished_trials(study)
+    search_timeout = settings.timeout
+    if settings.timeout is not None and settings.finalists and settings.repeats is None:
+        search_timeout = settings.timeout / (1 + settings.confirm_share)
+        job = replace(job, objective=replace(job.objective, settings=replace(settings, timeout=search_timeout)))
     record_run(study, n_trials=settings.n_trials, timeout=settings.timeout, workers=settings.workers)
     out = settings.out
     writer = OutputWriter(out, every=settings.report_every) if out is not None else None
@@ -322,10 +353,21 @@ def _run(job: WorkerJob, study: optuna.Study) -> None:
                 run_worker(job, 0, remaining, study=study, callbacks=[writer] if writer is not None else [])
             else:
                 run_workers(job, settings.workers, study, remaining)
+            interrupt.check()
+            if settings.finalists:
+                left = None if settings.timeout is None else settings.timeout - (time.monotonic() - started)
+                run_confirmation(study, replace(job.objective, settings=settings),
+                                 budget_seconds=_stage_budget(study, settings.confirm_share, left))
         finally:
             if writer is not None:
                 writer.final(study)
         interrupt.check()
+
+
+def _stage_budget(study: optuna.Study, share: float, left: float | None) -> float:
+    """Seconds the confirmation may spend: ``share`` of the search trials' seconds, within the time left."""
+    spent = sum(float(t.user_attrs.get(TrialAttr.SECONDS, 0.0)) for t in study.get_trials(deepcopy=False))
+    return share * spent if left is None else max(0.0, min(share * spent, left))
 
 
 def _check_picklable(**hooks: object) -> None:

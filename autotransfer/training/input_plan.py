@@ -23,7 +23,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -151,46 +151,63 @@ def _extract(fn: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, 
             for split in splits}
 
 
-def _lookup(runtime: Runtime, device: torch.device, dataset: ImageDataset, preprocess: Preprocess,
-            splits: tuple[str, ...], *what: object) -> tuple[str, MemoryCache, dict[str, torch.Tensor] | None]:
-    """The cache key of ``what`` computed on ``splits`` (the preprocessing, images and device in it), this
+_POOL = "pool"  # the cached split: every image of the requested splits once, sorted by key
+
+
+def _pooled(dataset: ImageDataset, splits: tuple[str, ...]) -> tuple[ImageDataset, dict[str, torch.Tensor]]:
+    """The images of ``splits`` as one sorted pool, and each split's row indices into it.
+
+    Cached features and activations are keyed on the images, not on how they are split, so a re-drawn
+    train/val split of the same images (a confirmation repeat) or a refit on train+val reads the rows
+    it needs from what the search computed.
+    """
+    items = sorted({item for split in splits for item in dataset.splits[split]})
+    rows = {key: i for i, (key, _) in enumerate(items)}
+    index = {split: torch.tensor([rows[key] for key, _ in dataset.splits[split]], dtype=torch.long)
+             for split in splits}
+    return replace(dataset, splits={_POOL: items}), index
+
+
+def _lookup(runtime: Runtime, device: torch.device, pool: ImageDataset, preprocess: Preprocess,
+            *what: object) -> tuple[str, MemoryCache, torch.Tensor | None]:
+    """The cache key of ``what`` computed on the pool's images (with the preprocessing and device), this
     process's memory cache, and what it holds under that key (None: not cached)."""
-    key = fingerprint(*what, preprocess.key, preprocess.mean, preprocess.std,
-                      *(split_fingerprint(dataset, split) for split in splits),
+    key = fingerprint(*what, preprocess.key, preprocess.mean, preprocess.std, split_fingerprint(pool, _POOL),
                       device.type, runtime.use_amp(device), runtime.channels_last)
     memory = runtime.memory()
     cached = memory.get(key)
-    return key, memory, None if cached is None else dict(cached)
+    return key, memory, None if cached is None else cached[_POOL]
 
 
 def _features(net: BackboneWithHead, dataset: ImageDataset, preprocess: Preprocess, runtime: Runtime,
               device: torch.device, check: Callable[[], None], splits: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """Pooled features ``(N, D)`` of ``splits``: memory, then disk, then computed (and stored)."""
-    key, memory, cached = _lookup(runtime, device, dataset, preprocess, splits, "features",
-                                  weights_fingerprint(net.backbone))
-    if cached is not None:
-        return cached
-    name = str(getattr(net.backbone, "pretrained_cfg", {}).get("architecture", type(net.backbone).__name__))
-    store = FeatureStore(Path(runtime.cache_dir) / "features") if runtime.cache_dir is not None else None
-    loaded = store.load(name, key) if store is not None else None
-    if loaded is None or set(loaded) != set(splits):
-        net.eval()
-        loaded = _extract(net.features, dataset, preprocess, runtime, device, check, splits)
-        if store is not None:
-            path = store.save(name, key, loaded, {"backbone": name, "dataset": dataset.name})
-            logger.info("Cached %s features of %d images in %s", name, sum(len(t) for t in loaded.values()), path)
-    memory.put(key, loaded)
-    return loaded
+    pool, index = _pooled(dataset, splits)
+    key, memory, cached = _lookup(runtime, device, pool, preprocess, "features", weights_fingerprint(net.backbone))
+    if cached is None:
+        name = str(getattr(net.backbone, "pretrained_cfg", {}).get("architecture", type(net.backbone).__name__))
+        store = FeatureStore(Path(runtime.cache_dir) / "features") if runtime.cache_dir is not None else None
+        loaded = store.load(name, key) if store is not None else None
+        if loaded is None or set(loaded) != {_POOL}:
+            net.eval()
+            loaded = _extract(net.features, pool, preprocess, runtime, device, check, (_POOL,))
+            if store is not None:
+                path = store.save(name, key, loaded, {"backbone": name, "dataset": dataset.name})
+                logger.info("Cached %s features of %d images in %s", name, len(loaded[_POOL]), path)
+        memory.put(key, loaded)
+        cached = loaded[_POOL]
+    return {split: cached[rows] for split, rows in index.items()}
 
 
 def _prefix_activations(prefix: FrozenPrefix, dataset: ImageDataset, preprocess: Preprocess, runtime: Runtime,
                         device: torch.device, check: Callable[[], None],
                         splits: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
     """The prefix's output for ``splits``, if the split is proven and they fit the memory cache."""
-    key, memory, cached = _lookup(runtime, device, dataset, preprocess, splits, "prefix",
+    pool, index = _pooled(dataset, splits)
+    key, memory, cached = _lookup(runtime, device, pool, preprocess, "prefix",
                                   weights_fingerprint(prefix.net.backbone), prefix.n_modules)
     if cached is not None:
-        return cached
+        return {split: cached[rows] for split, rows in index.items()}
     first = split_images(dataset, splits[-1], preprocess, runtime, augment=False, check=check)
     probe, _ = next(iter(image_loader(first, preprocess, 2, shuffle=False, seed=0, device=device)))
     proof = fingerprint(key, "proof")
@@ -200,11 +217,11 @@ def _prefix_activations(prefix: FrozenPrefix, dataset: ImageDataset, preprocess:
         return None
     with torch.inference_mode():
         per_image = prefix.forward(probe[:1]).numel() * 4
-    n_images = sum(len(dataset.splits[split]) for split in splits)
+    n_images = len(pool.splits[_POOL])
     if not memory.fits(per_image * n_images):
         logger.info("Frozen-prefix activations (%.0f MiB) exceed --cache-mb %.0f; training on images.",
                     per_image * n_images / 2**20, runtime.cache_mb)
         return None
-    acts = _extract(prefix.forward, dataset, preprocess, runtime, device, check, splits)
+    acts = _extract(prefix.forward, pool, preprocess, runtime, device, check, (_POOL,))
     memory.put(key, acts)
-    return acts
+    return {split: acts[_POOL][rows] for split, rows in index.items()}

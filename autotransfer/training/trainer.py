@@ -13,7 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,8 +35,8 @@ from autotransfer.training.input_plan import TrialInputs, prepare_inputs
 from autotransfer.training.pipeline import Preprocess, image_loader, split_images
 from autotransfer.training.runtime import Runtime
 
-__all__ = ["TrainResult", "classification_metrics", "evaluate_split", "fit", "predict_labels", "resolve_device",
-           "seed_everything"]
+__all__ = ["TrainResult", "classification_metrics", "evaluate_split", "fit", "images_per_second", "predict_labels",
+           "resolve_device", "seed_everything"]
 
 EpochCallback = Callable[[int, dict[str, float]], bool]
 
@@ -185,6 +185,48 @@ def evaluate_split(model: nn.Module, dataset: ImageDataset, data_config: dict[st
     loader = image_loader(images, preprocess, batch_size, shuffle=False, seed=0, device=device)
     y_true, y_pred, loss = predict_labels(model, loader, device, runtime=runtime)
     return classification_metrics(y_true, y_pred, loss), [int(p) for p in y_pred]
+
+
+@torch.inference_mode()
+def images_per_second(model: nn.Module, dataset: ImageDataset, data_config: dict[str, Any], *, device: torch.device,
+                      split: str = "val", n_images: int = 64, runtime: Runtime | None = None) -> float:
+    """Inference throughput of the whole network on preprocessed images of one split, on ``device``.
+
+    This is what serving costs, whatever the trial trained on (a linear probe trained on cached
+    features serves at its backbone's speed): one warm-up pass, then the best of three timed passes
+    over a batch of up to ``n_images`` eval-preprocessed images.
+
+    Args:
+        model: Maps ``(B, 3, H, W)`` to logits.
+        dataset: The split dataset.
+        data_config: The backbone's timm data config.
+        device: Where the model lives.
+        split: The split whose first images are used.
+        n_images: Batch size of the timed passes.
+        runtime: Memory format and autocast (default :class:`~autotransfer.training.runtime.Runtime()`).
+
+    Returns:
+        Images per second (0.0 when the split is empty).
+    """
+    runtime = runtime or Runtime()
+    items = dataset.splits.get(split, [])[:n_images]
+    if not items:
+        return 0.0
+    preprocess = Preprocess.from_config(data_config)
+    subset = replace(dataset, splits={split: items})
+    loader = image_loader(split_images(subset, split, preprocess, runtime, augment=False), preprocess, len(items),
+                          shuffle=False, seed=0, device=device)
+    x, _ = next(iter(loader))
+    model.eval()
+    runtime.run(model, x, device)
+    best = math.inf
+    for _ in range(3):
+        _synchronize(device)
+        tick = time.perf_counter()
+        runtime.run(model, x, device)
+        _synchronize(device)
+        best = min(best, time.perf_counter() - tick)
+    return len(items) / max(best, 1e-9)
 
 
 def seed_everything(seed: int) -> None:

@@ -23,7 +23,16 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from autotransfer.results.leaderboard import leaderboard
 from autotransfer.settings import METRICS
-from autotransfer.storage.records import StudyAttr, TrialAttr, best_trial, read_config, stop_reason, trial_family
+from autotransfer.storage.records import (
+    StudyAttr,
+    TrialAttr,
+    best_trial,
+    read_config,
+    recommended_trial,
+    stop_reason,
+    stored_decision,
+    trial_family,
+)
 
 __all__ = ["Evidence", "collect", "family_ranking", "learning_curves", "pareto_front", "per_class_metrics",
            "snapshot"]
@@ -41,7 +50,7 @@ class Evidence:
         board: The leaderboard (:func:`autotransfer.leaderboard`).
         classes: Class names; labels index this list.
         val_labels: True class index of every val image, in split order (empty if not stored).
-        best: The best complete trial, or None.
+        best: The recommended trial (the confirmation's pick, else the best complete trial), or None.
         predictions: Val predictions (class indices in split order) of the trials that stored them.
         now: When the evidence was read (running trials' elapsed time is measured to it).
     """
@@ -58,8 +67,21 @@ class Evidence:
     now: datetime = field(default_factory=datetime.now)
 
     @property
+    def decision(self) -> dict[str, Any] | None:
+        """The confirmation's stored decision (:mod:`autotransfer.study.confirm`), or None."""
+        return stored_decision(self.study)
+
+    @property
+    def optuna_best(self) -> FrozenTrial | None:
+        """Optuna's single best val trial (shown beside the recommendation)."""
+        return best_trial(self.study)
+
+    @property
     def test(self) -> dict[str, Any] | None:
-        """The stored test-split figures, if they belong to the current best trial."""
+        """The stored test-split figures, if they belong to the recommended trial (scored once, after the decision)."""
+        decided = (self.decision or {}).get("test")
+        if isinstance(decided, dict) and self.best is not None and decided.get("trial") == self.best.number:
+            return dict(decided)
         record = self.study.user_attrs.get(StudyAttr.TEST)
         if record is None or self.best is None or record.get("trial") != self.best.number:
             return None
@@ -126,7 +148,7 @@ def collect(study: optuna.Study) -> Evidence:
     config = read_config(study)
     metric = str(config.get("budget", {}).get("metric", "accuracy"))
     trials = study.get_trials(deepcopy=False)
-    best = best_trial(study)
+    best = recommended_trial(study)
     split = study.user_attrs.get(StudyAttr.SPLIT, {})
     return Evidence(study=study, config=config, metric=metric, trials=trials,
                     board=leaderboard(study, metric), classes=list(config.get("dataset", {}).get("classes", [])),
@@ -197,19 +219,22 @@ def _paired_test(ev: Evidence, best: FrozenTrial, other: FrozenTrial) -> dict[st
             "only_other": only_other, "p_value": p_value}
 
 
-def family_ranking(board: pd.DataFrame) -> pd.DataFrame:
-    """Section 2: one row per strategy family, ranked by its best complete trial.
+def family_ranking(board: pd.DataFrame, confirmed: dict[str, float] | None = None) -> pd.DataFrame:
+    """Section 2: one row per strategy family, ranked by its confirmed score, else its best complete trial.
 
     Args:
         board: The leaderboard.
+        confirmed: The confirmation's mean score of each finalist family (None: no confirmation).
 
     Returns:
         Columns ``family, backbone, transfer, head, trials, complete, pruned, failed, best, median,
-        mean_seconds, trainable_params`` (best and median over complete trials' objective values;
-        ``mean_seconds`` over finished trials; ``trainable_params`` the median).
+        mean_seconds, trainable_params, confirmed, basis`` (best and median over complete trials'
+        objective values; ``mean_seconds`` over finished trials; ``trainable_params`` the median;
+        ``confirmed`` the mean over the confirmation's repeats; ``basis`` ``"confirmed"`` or
+        ``"search estimate"``). Confirmed families come first, by their confirmed mean.
     """
     columns = ["family", "backbone", "transfer", "head", "trials", "complete", "pruned", "failed", "best",
-               "median", "mean_seconds", "trainable_params"]
+               "median", "mean_seconds", "trainable_params", "confirmed", "basis"]
     frame = board[board["family"].notna()]
     if frame.empty:
         return pd.DataFrame(columns=columns)
@@ -229,7 +254,11 @@ def family_ranking(board: pd.DataFrame) -> pd.DataFrame:
     }).reset_index()
     parts = table["family"].str.split(" / ", n=2, expand=True).reindex(columns=range(3))
     table["backbone"], table["transfer"], table["head"] = parts[0], parts[1], parts[2]
-    table = table.sort_values(["best", "median", "family"], ascending=[False, False, True], na_position="last")
+    table["confirmed"] = table["family"].map(confirmed or {}).astype(float)
+    table["basis"] = table["confirmed"].notna().map({True: "confirmed", False: "search estimate"})
+    table = table.assign(_confirmed=table["confirmed"].notna()).sort_values(
+        ["_confirmed", "confirmed", "best", "median", "family"], ascending=[False, False, False, False, True],
+        na_position="last")
     return table[columns].reset_index(drop=True)
 
 

@@ -60,7 +60,8 @@ _ENV = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 _TRIAL_COLUMNS = {TrialAttr.EPOCHS_RUN: "epochs", TrialAttr.SECONDS: "seconds",
-                  TrialAttr.TRAINABLE_PARAMS: "trainable params", TrialAttr.STOP_REASON: "stop reason"}
+                  TrialAttr.TRAINABLE_PARAMS: "trainable params", TrialAttr.IMAGES_PER_SECOND: "images/s",
+                  TrialAttr.STOP_REASON: "stop reason"}
 
 
 def _leaderboard_columns(board: pd.DataFrame) -> dict[str, str]:
@@ -142,7 +143,9 @@ def render_report(study: optuna.Study | Evidence) -> str:
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         config=ev.config, dataset=ev.config.get("dataset", {}), budget=ev.config.get("budget", {}),
         split=ev.config.get("split", {}), metric=ev.metric, summary=summary(ev),
-        families=family_ranking(ev.board).to_dict(orient="records"),
+        families=family_ranking(ev.board, _confirmed_families(ev.decision)).to_dict(orient="records"),
+        decision=ev.decision, skipped=ev.study.user_attrs.get(StudyAttr.CONFIRM_SKIPPED),
+        optuna_best=ev.optuna_best.number if ev.optuna_best is not None else None,
         columns=list(headers.values()), rows=_records(board, list(headers.values())),
         baseline_flags=ev.board["baseline"].fillna(False).astype(bool).tolist(),
         best_number=ev.best.number if ev.best else None, importance_evaluator=IMPORTANCE_EVALUATOR,
@@ -155,6 +158,13 @@ def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
     table = frame[columns]
     return [{str(k): v for k, v in row.items()}
             for row in table.astype(object).where(table.notna(), None).to_dict(orient="records")]
+
+
+def _confirmed_families(decision: dict[str, Any] | None) -> dict[str, float] | None:
+    """Each confirmed finalist family's mean score over the repeats."""
+    if decision is None:
+        return None
+    return {str(f["family"]): float(f["mean"]) for f in decision.get("finalists", [])}
 
 
 def _best_trial_sections(ev: Evidence, add: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
