@@ -20,10 +20,12 @@ from typing import Any
 
 from autotransfer.errors import ConfigError, describe
 
-__all__ = ["METRICS", "PRUNERS", "Budget", "SearchSettings", "split_options"]
+__all__ = ["METRICS", "PRUNERS", "SCREEN_SCORES", "Budget", "SearchSettings", "split_options"]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 PRUNERS = ("hyperband", "median", "sha", "none")
+# Transferability scores the screen ranks backbones by (autotransfer.screen.scores), the default first
+SCREEN_SCORES = ("logme", "h_score", "knn", "linear_probe")
 _MAX_SEED = 2**32 - 1  # NumPy's and Optuna's seeds are 32-bit
 
 
@@ -87,6 +89,9 @@ class SearchSettings:
         heartbeat_interval: Seconds between heartbeats of running trials on a database server.
         baseline: Run the textbook recipe as the first trial of a new study.
         report_every: Minimum seconds between two refreshes of ``report.html`` during the search.
+        screen: Keep only the ``screen`` backbones of the space that score best on their pooled
+            features (:mod:`autotransfer.screen`) before any trial trains; None: no screen.
+        screen_score: The score the screen ranks by: one of :data:`SCREEN_SCORES`.
 
     Raises:
         ConfigError: A value is out of range (raised on construction).
@@ -105,6 +110,8 @@ class SearchSettings:
     heartbeat_interval: int = 60
     baseline: bool = True
     report_every: float = 30.0
+    screen: int | None = None
+    screen_score: str = SCREEN_SCORES[0]
 
     def __post_init__(self) -> None:
         _positive_int("n_trials", self.n_trials, optional=True)
@@ -125,6 +132,9 @@ class SearchSettings:
         if isinstance(self.report_every, bool) or not isinstance(self.report_every, (int, float)) \
                 or not self.report_every >= 0:
             raise ConfigError(describe("report_every", "a number of seconds >= 0", self.report_every))
+        _positive_int("screen", self.screen, optional=True)
+        if self.screen_score not in SCREEN_SCORES:
+            raise ConfigError(describe("screen_score", f"one of {list(SCREEN_SCORES)}", self.screen_score))
         if self.out is not None and not isinstance(self.out, Path):
             object.__setattr__(self, "out", Path(self.out))
 

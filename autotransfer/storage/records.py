@@ -82,6 +82,7 @@ class StudyAttr:
     DATA: Final = "autotransfer.data"  # {"root", "seed", "zoo"}: where a refit finds the images and weights
     REFIT: Final = "autotransfer.refit"  # the latest refit: {"trial", "eval_split", "metrics", ...}
     EXCLUDED: Final = "autotransfer.excluded"  # [[path, reason], ...] of undecodable files
+    SCREEN: Final = "autotransfer.screen"  # {"score", "k", "kept", "candidates": [{backbone, scores, ...}]}
     RUN_PREFIX: Final = "autotransfer.run."  # + "HOST.PID": {"started", "timeout", "n_trials", "workers"}
 
 
