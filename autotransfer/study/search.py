@@ -25,7 +25,7 @@ from autotransfer.errors import ConfigError, StudyMismatchError, describe
 from autotransfer.models.zoo import Zoo, check_backbones, load_zoo
 from autotransfer.results.leaderboard import leaderboard
 from autotransfer.results.report import OutputWriter
-from autotransfer.screen.screen import check_screen, screen
+from autotransfer.screen.screen import ScreenResult, check_screen, screen
 from autotransfer.settings import METRICS, Budget, SearchSettings, split_options
 from autotransfer.space.search_space import SearchSpace, load_search_space
 from autotransfer.space.strategy import Strategy
@@ -299,12 +299,8 @@ def search(
             runtime = replace(runtime, cache_dir=folder.cache)
     screened, screen_config = None, None
     if settings.screen is not None:
-        screened = screen(dataset, search_space.backbones, score=settings.screen_score, k=settings.screen,
-                          zoo=local_zoo, device=settings.device, runtime=runtime, seed=settings.seed)
-        screen_config = {"score": settings.screen_score, "k": settings.screen, "backbones": search_space.backbones}
-        search_space = search_space.with_backbones(screened.kept)
+        screened, screen_config, search_space = _screen(dataset, search_space, settings, local_zoo, runtime)
         recipe = _baseline_record(search_space) if settings.baseline else None
-        logger.info("Screen by %s kept %s", settings.screen_score, ", ".join(screened.kept))
     study = open_study(make_storage(storage, heartbeat_interval=settings.heartbeat_interval),
                        settings.study_name or dataset.name,
                        study_config(dataset, search_space, budget, recipe, screen_config),
@@ -328,6 +324,16 @@ def _settings(settings: SearchSettings | None, budget: Budget | None, runtime: R
     study, trial, machine = split_options(options, SearchSettings, Budget, Runtime)
     return (replace(settings or SearchSettings(), **study), replace(budget or Budget(), **trial),
             replace(runtime or Runtime(), **machine))
+
+
+def _screen(dataset: ImageDataset, space: SearchSpace, settings: SearchSettings, zoo: Zoo,
+            runtime: Runtime) -> tuple[ScreenResult, dict[str, Any], SearchSpace]:
+    """Screen the space's backbones: the result, its configuration record and the narrowed space."""
+    screened = screen(dataset, space.backbones, score=settings.screen_score, k=settings.screen, zoo=zoo,
+                      device=settings.device, runtime=runtime, seed=settings.seed)
+    logger.info("Screen by %s kept %s", settings.screen_score, ", ".join(screened.kept))
+    record = {"score": settings.screen_score, "k": settings.screen, "backbones": space.backbones}
+    return screened, record, space.with_backbones(screened.kept)
 
 
 def _run(job: WorkerJob, study: optuna.Study) -> None:
