@@ -41,7 +41,8 @@ def _blobs(n_per_class: int, separation: float, seed: int = 0, dim: int = 8) -> 
 def two_backbone_zoo(test_model_zoo: Path) -> Path:
     """conftest's zoo plus a second ``test_resnet`` with other (seeded random) weights."""
     torch.manual_seed(1)
-    save_file(timm.create_model("test_resnet", num_classes=0).state_dict(), str(test_model_zoo.parent / "other.safetensors"))
+    weights = timm.create_model("test_resnet", num_classes=0).state_dict()
+    save_file(weights, str(test_model_zoo.parent / "other.safetensors"))
     zoo = yaml.safe_load(test_model_zoo.read_text())
     zoo["test_resnet.other"] = {**zoo["test_resnet.local"], "file": "other.safetensors"}
     test_model_zoo.write_text(yaml.safe_dump(zoo))
@@ -205,6 +206,8 @@ def test_screen_command_writes_the_ranked_table(tmp_path: Path, two_backbone_zoo
             "--out", str(out)]
     assert main([*args, "--keep", "3"]) == 1
     assert "'screen' must be an integer in [1, 2]" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--resolutions", "64,big"]) == 1
+    assert "'resolutions' must be comma-separated integers" in capsys.readouterr().err and not out.exists()
     assert main([*args, "--keep", "1", "--score", "h_score"]) == 0
     table = pd.read_csv(out / "screen.csv")
     assert table["rank"].tolist() == [1, 2] and table["h_score"].is_monotonic_decreasing

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from autotransfer.data.dataset import load_dataset
+from autotransfer.errors import ConfigError, describe
 from autotransfer.files import atomic_write_text
 from autotransfer.screen.screen import check_screen, screen
 from autotransfer.space.search_space import load_search_space
@@ -32,7 +33,10 @@ def screen_command(args: argparse.Namespace, runtime_options: dict[str, Any]) ->
         AutotransferError: Bad options, data or weights (checked before any extraction).
     """
     backbones = args.backbones.split(",") if args.backbones else load_search_space(args.space).backbones
-    resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else None
+    try:
+        resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else None
+    except ValueError as err:
+        raise ConfigError(describe("resolutions", "comma-separated integers (px)", args.resolutions)) from err
     check_screen(backbones, score=args.score, k=args.keep, resolutions=resolutions)
     dataset = load_dataset(args.data, seed=args.seed)
     folder = OutputFolder(args.out or Path("reports") / dataset.name)
