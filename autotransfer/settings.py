@@ -20,10 +20,12 @@ from typing import Any
 
 from autotransfer.errors import ConfigError, describe
 
-__all__ = ["METRICS", "PRUNERS", "Budget", "SearchSettings", "split_options"]
+__all__ = ["METRICS", "PRUNERS", "SCREEN_SCORES", "Budget", "SearchSettings", "split_options"]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 PRUNERS = ("hyperband", "median", "sha", "none")
+# Transferability scores the screen ranks backbones by (autotransfer.screen.scores), the default first
+SCREEN_SCORES = ("logme", "h_score", "knn", "linear_probe")
 _MAX_SEED = 2**32 - 1  # NumPy's and Optuna's seeds are 32-bit
 
 
@@ -93,6 +95,9 @@ class SearchSettings:
         tie_margin: Half-width of the region of practical equivalence, in metric units (0.01: one point).
         resplit: Re-draw train/val for each repeat even when val is a folder the user gave.
         confirm_share: Compute the stage may spend, as a share of the search's (when ``repeats`` is None).
+        screen: Keep only the ``screen`` backbones of the space that score best on their pooled
+            features (:mod:`autotransfer.screen`) before any trial trains; None: no screen.
+        screen_score: The score the screen ranks by: one of :data:`SCREEN_SCORES`.
 
     Raises:
         ConfigError: A value is out of range (raised on construction).
@@ -116,6 +121,8 @@ class SearchSettings:
     tie_margin: float = 0.01
     resplit: bool = False
     confirm_share: float = 0.5
+    screen: int | None = None
+    screen_score: str = SCREEN_SCORES[0]
 
     def __post_init__(self) -> None:
         _positive_int("n_trials", self.n_trials, optional=True)
@@ -150,6 +157,9 @@ class SearchSettings:
                 or not 0 < self.confirm_share <= 10:
             raise ConfigError(describe("confirm_share", "a share of the search's compute in (0, 10]",
                                        self.confirm_share))
+        _positive_int("screen", self.screen, optional=True)
+        if self.screen_score not in SCREEN_SCORES:
+            raise ConfigError(describe("screen_score", f"one of {list(SCREEN_SCORES)}", self.screen_score))
         if self.out is not None and not isinstance(self.out, Path):
             object.__setattr__(self, "out", Path(self.out))
 

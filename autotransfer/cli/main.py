@@ -1,4 +1,5 @@
-"""Command-line interface: ``autotransfer search``, ``demo``, ``report``, ``status``, ``refit`` and ``predict``.
+"""Command-line interface: ``autotransfer search``, ``demo``, ``screen``, ``report``, ``status``, ``refit``
+and ``predict``.
 
 Progress lines and the final leaderboard go to standard output; handlers and printing live
 here only (the library logs through ``logging``).
@@ -22,7 +23,7 @@ from autotransfer.errors import AutotransferError
 from autotransfer.logs import configure_logging
 from autotransfer.results.report import write_report
 from autotransfer.results.status import describe_decision, describe_params, format_status, study_status
-from autotransfer.settings import PRUNERS, Budget, SearchSettings
+from autotransfer.settings import PRUNERS, SCREEN_SCORES, Budget, SearchSettings
 from autotransfer.space.dimensions import DIMENSIONS
 from autotransfer.storage.backends import load_existing_study
 from autotransfer.storage.output_folder import OutputFolder
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "study.db or a study.journal, else reports/STUDY_NAME/report.html)")
     st = sub.add_parser("status", help="print a study's progress: trials by state, best so far, time left")
     _add_study(st)
+    _add_screen_command(sub)
     _add_model_commands(sub)
     c = sub.add_parser("confirm", help="run or complete the confirmation stage of a stored study: train the "
                        "finalists again on paired repeats and decide (leader, equivalent or undecided)")
@@ -124,6 +126,25 @@ def confirm_options(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`~autotransfer.settings.SearchSettings` fields the confirmation flags give."""
     return {"finalists": args.finalists, "repeats": args.repeats, "tie_margin": args.tie_margin / 100,
             "resplit": args.resplit}
+
+
+def _add_screen_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sc = sub.add_parser("screen", help="rank backbones by transferability scores (LogME, H-score, k-NN, linear "
+                        "probe) of their pooled features, without training; writes OUT/screen.csv")
+    sc.add_argument("data", help="image folder (one subfolder per class), folder with train/ and val/, or 'digits'")
+    sc.add_argument("--space", default="default", help="screen the backbones of this search space (default: default)")
+    sc.add_argument("--backbones", help="comma-separated zoo or timm names to screen instead of the space's")
+    sc.add_argument("--resolutions", metavar="PX,PX", help="screen every backbone at each of these input sizes "
+                    "(default: each backbone's own)")
+    sc.add_argument("--score", default=SCREEN_SCORES[0], choices=SCREEN_SCORES,
+                    help=f"score to rank by (default: {SCREEN_SCORES[0]})")
+    sc.add_argument("--keep", type=int, metavar="K", help="mark the K best backbones as kept")
+    sc.add_argument("--out", type=Path, help="output folder: screen.csv and the feature cache (cache/) that "
+                    "autotransfer search --out reuses (default: reports/DATASET_NAME)")
+    sc.add_argument("--zoo", help="local zoo YAML (default: $AUTOTRANSFER_ZOO)")
+    sc.add_argument("--seed", type=int, default=0, help="seed of the split and the k-NN folds (default: 0)")
+    sc.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    _add_runtime(sc)
 
 
 def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -167,6 +188,10 @@ def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space
                    "(pruned at its last epoch, or failed before its first)")
     p.add_argument("--heartbeat-interval", type=int, default=60, metavar="SECONDS", help="heartbeat of running "
                    "trials on a database server; a trial silent for twice this is retried (default: 60)")
+    p.add_argument("--screen", type=int, metavar="K", help="before the first trial, keep only the K backbones of "
+                   "the space with the best --screen-score on their pooled features (default: no screen)")
+    p.add_argument("--screen-score", default=SCREEN_SCORES[0], choices=SCREEN_SCORES,
+                   help=f"score the screen ranks backbones by (default: {SCREEN_SCORES[0]})")
     _add_confirm(p, repeats_help="repeats per finalist (default: as many, 2 to 5, as fit half of the search's "
                  "compute)")
     _add_runtime(p)
@@ -197,10 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     if args.command in ("report", "status"):
         return _read_only(args)
-    if args.command in ("refit", "predict", "confirm"):
+    if args.command in ("refit", "predict", "confirm", "screen"):
         from autotransfer.cli.model_commands import confirm_command, predict_command, refit_command  # PyTorch
+        from autotransfer.cli.screen_command import screen_command
 
         try:
+            if args.command == "screen":
+                return screen_command(args, runtime_options(args))
             if args.command == "confirm":
                 with interrupt.graceful_stop(hard_exit=True):
                     return confirm_command(args, runtime_options(args), confirm_options(args))
@@ -228,7 +256,7 @@ def _search(args: argparse.Namespace) -> int:
             n_trials=args.n_trials, timeout=args.timeout, trial_timeout=args.trial_timeout, pruner=args.pruner,
             seed=args.seed, device=args.device, storage=getattr(args, "storage", None), study_name=name, out=out,
             workers=args.workers, heartbeat_interval=args.heartbeat_interval, baseline=not args.no_baseline,
-            **confirm_options(args))
+            screen=args.screen, screen_score=args.screen_score, **confirm_options(args))
         budget = Budget(epochs=args.epochs, batch_size=args.batch_size, metric=args.metric)
         result = search(data, space=args.space, settings=settings, budget=budget,
                         runtime=Runtime(**runtime_options(args)), zoo=args.zoo, on_epoch=progress.epoch,

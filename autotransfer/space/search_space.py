@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,19 @@ class SearchSpace:
         if not changes:
             return self, []
         return SearchSpace(dimensions=dims, description=self.description, source=self.source), changes
+
+    def with_backbones(self, names: list[str]) -> SearchSpace:
+        """The same space with its backbone choices narrowed to ``names`` (in the space's order).
+
+        Raises:
+            ConfigError: ``names`` is empty or holds a backbone the space does not.
+        """
+        unknown = [n for n in names if n not in self.backbones]
+        if not names or unknown:
+            raise ConfigError(describe("backbones", f"a non-empty subset of {self.backbones}", names))
+        kept = tuple(b for b in self.backbones if b in names)
+        dims = {**self.dimensions, "backbone": replace(self.dimensions["backbone"], choices=kept)}
+        return SearchSpace(dimensions=dims, description=self.description, source=self.source)
 
     def as_dict(self) -> dict[str, Any]:
         """The canonical form of the space, used in the study fingerprint (only the dimensions it names)."""

@@ -8,6 +8,7 @@ CLI agree on them::
     OUT/cache/            on-disk feature cache (cache/features/*.safetensors)
     OUT/leaderboard.csv   one row per trial, rewritten after every trial
     OUT/report.html       the self-contained report
+    OUT/screen.csv        the ranked backbones of ``autotransfer screen``
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ class OutputFolder:
     def leaderboard(self) -> Path:
         """``leaderboard.csv``."""
         return self.path / "leaderboard.csv"
+
+    @property
+    def screen(self) -> Path:
+        """``screen.csv``: the ranked candidates of ``autotransfer screen``."""
+        return self.path / "screen.csv"
 
     @property
     def report(self) -> Path:

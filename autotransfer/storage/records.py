@@ -90,6 +90,7 @@ class StudyAttr:
     DATA: Final = "autotransfer.data"  # {"root", "seed", "zoo"}: where a refit finds the images and weights
     REFIT: Final = "autotransfer.refit"  # the latest refit: {"trial", "eval_split", "metrics", ...}
     EXCLUDED: Final = "autotransfer.excluded"  # [[path, reason], ...] of undecodable files
+    SCREEN: Final = "autotransfer.screen"  # {"score", "k", "kept", "candidates": [{backbone, scores, ...}]}
     RUN_PREFIX: Final = "autotransfer.run."  # + "HOST.PID": {"started", "timeout", "n_trials", "workers"}
     DECISION: Final = "autotransfer.decision"  # the confirmation's outcome, recommendation and summaries
     CONFIRM_PLAN: Final = "autotransfer.confirm.plan"  # on the companion study: finalists, seeds, splits

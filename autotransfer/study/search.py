@@ -26,6 +26,7 @@ from autotransfer.errors import ConfigError, StudyMismatchError, describe
 from autotransfer.models.zoo import Zoo, check_backbones, load_zoo
 from autotransfer.results.leaderboard import leaderboard
 from autotransfer.results.report import OutputWriter
+from autotransfer.screen.screen import ScreenResult, check_screen, screen
 from autotransfer.settings import METRICS, Budget, SearchSettings, split_options
 from autotransfer.space.search_space import SearchSpace, load_search_space
 from autotransfer.space.strategy import Strategy
@@ -63,17 +64,20 @@ _NOT_COMPARED = ("baseline", "format_version")  # fixed when the study is create
 
 
 def study_config(dataset: ImageDataset, space: SearchSpace, budget: Budget,
-                 baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+                 baseline: dict[str, Any] | None = None, screen: dict[str, Any] | None = None) -> dict[str, Any]:
     """The configuration a study is tied to; resuming with a different one is refused.
 
     Args:
         dataset: The split dataset.
-        space: The search space as given (before any widening for the baseline).
+        space: The search space as given (before any widening for the baseline), narrowed to the
+            kept backbones when screened.
         budget: The per-trial budget.
         baseline: ``{"params": strategy, "changes": [...]}`` of the baseline trial, or None. It
             is fixed when the study is created and not compared on resume.
+        screen: ``{"score", "k", "backbones"}`` of a screen (``backbones``: the space's before it),
+            or None; stored only when given, so a study without a screen stores what it always did.
     """
-    return {
+    config = {
         "format_version": FORMAT_VERSION,
         "dataset": {"name": dataset.name, "classes": list(dataset.classes), "counts": dataset.counts(),
                     "fingerprint": dataset.fingerprint()},
@@ -82,6 +86,9 @@ def study_config(dataset: ImageDataset, space: SearchSpace, budget: Budget,
         "budget": budget_record(budget),
         "baseline": baseline,
     }
+    if screen is not None:
+        config["screen"] = screen
+    return config
 
 
 def open_study(storage: str | optuna.storages.BaseStorage | None, study_name: str, config: dict[str, Any],
@@ -110,8 +117,9 @@ def open_study(storage: str | optuna.storages.BaseStorage | None, study_name: st
             study.set_user_attr(StudyAttr.SPLIT, split)
         return study
     differences = [f"{key}: stored {json.dumps(stored.get(key), sort_keys=True)[:300]}, "
-                   f"requested {json.dumps(config[key], sort_keys=True)[:300]}"
-                   for key in config if key not in _NOT_COMPARED and stored.get(key) != config[key]]
+                   f"requested {json.dumps(config.get(key), sort_keys=True)[:300]}"
+                   for key in dict.fromkeys([*config, *stored])
+                   if key not in _NOT_COMPARED and stored.get(key) != config.get(key)]
     if differences:
         raise StudyMismatchError(
             f"Study {study_name!r} was created with a different configuration, so its "
@@ -254,7 +262,10 @@ def search(
       cache, ``leaderboard.csv`` and ``report.html``; None writes nothing), ``workers`` (processes
       sharing the storage, not SQLite), ``heartbeat_interval`` (seconds, database servers),
       ``baseline`` (run the textbook recipe first in a new study, widening the space to hold it),
-      ``report_every`` (minimum seconds between report refreshes);
+      ``report_every`` (minimum seconds between report refreshes), ``screen`` (keep the K backbones of
+      the space with the best ``screen_score`` on their pooled features, :func:`autotransfer.screen.screen.screen`,
+      before the first trial; None: no screen), ``screen_score`` (``"logme"``, ``"h_score"``, ``"knn"``,
+      ``"linear_probe"``);
     * trial: ``epochs`` (3, maximum per trial), ``batch_size`` (32), ``metric`` (``"accuracy"``,
       ``"balanced_accuracy"``, ``"macro_f1"`` on val);
     * machine: ``cache`` (False recomputes everything; results do not change), ``cache_mb``
@@ -291,6 +302,8 @@ def search(
     device = resolve_device(settings.device)
     search_space = load_search_space(space)
     recipe = _baseline_record(search_space) if settings.baseline else None
+    if settings.screen is not None:
+        check_screen(search_space.backbones, score=settings.screen_score, k=settings.screen)
     local_zoo = zoo if isinstance(zoo, Zoo) else load_zoo(zoo)
     check_backbones(search_space.backbones, local_zoo)
     folder = OutputFolder(settings.out) if settings.out is not None else None
@@ -305,9 +318,16 @@ def search(
         folder.create()
         if runtime.cache and runtime.cache_dir is None:
             runtime = replace(runtime, cache_dir=folder.cache)
+    screened, screen_config = None, None
+    if settings.screen is not None:
+        screened, screen_config, search_space = _screen(dataset, search_space, settings, local_zoo, runtime)
+        recipe = _baseline_record(search_space) if settings.baseline else None
     study = open_study(make_storage(storage, heartbeat_interval=settings.heartbeat_interval),
-                       settings.study_name or dataset.name, study_config(dataset, search_space, budget, recipe),
+                       settings.study_name or dataset.name,
+                       study_config(dataset, search_space, budget, recipe, screen_config),
                        pruner=make_pruner(settings.pruner, budget.epochs), split=dataset.split_record())
+    if screened is not None:
+        study.set_user_attr(StudyAttr.SCREEN, screened.record())
     study.set_user_attr(StudyAttr.EXCLUDED, [list(item) for item in dataset.excluded])
     study.set_user_attr(StudyAttr.DATA, {"root": dataset.root, "seed": settings.seed,
                                          "zoo": str(local_zoo.path) if local_zoo.path else None})
@@ -325,6 +345,16 @@ def _settings(settings: SearchSettings | None, budget: Budget | None, runtime: R
     study, trial, machine = split_options(options, SearchSettings, Budget, Runtime)
     return (replace(settings or SearchSettings(), **study), replace(budget or Budget(), **trial),
             replace(runtime or Runtime(), **machine))
+
+
+def _screen(dataset: ImageDataset, space: SearchSpace, settings: SearchSettings, zoo: Zoo,
+            runtime: Runtime) -> tuple[ScreenResult, dict[str, Any], SearchSpace]:
+    """Screen the space's backbones: the result, its configuration record and the narrowed space."""
+    screened = screen(dataset, space.backbones, score=settings.screen_score, k=settings.screen, zoo=zoo,
+                      device=settings.device, runtime=runtime, seed=settings.seed)
+    logger.info("Screen by %s kept %s", settings.screen_score, ", ".join(screened.kept))
+    record = {"score": settings.screen_score, "k": settings.screen, "backbones": space.backbones}
+    return screened, record, space.with_backbones(screened.kept)
 
 
 def _run(job: WorkerJob, study: optuna.Study) -> None:

@@ -40,7 +40,7 @@ from autotransfer.training.cache import FeatureStore, MemoryCache, fingerprint, 
 from autotransfer.training.pipeline import Preprocess, image_loader, run_batched, split_images, tensor_loader
 from autotransfer.training.runtime import Runtime, loader_workers
 
-__all__ = ["TrialInputs", "prepare_inputs", "weights_fingerprint"]
+__all__ = ["TrialInputs", "pooled_features", "prepare_inputs", "weights_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,32 @@ def prepare_inputs(net: BackboneWithHead, dataset: ImageDataset, data_config: di
     yield TrialInputs("images", net,
                       image_loader(train, preprocess, batch_size, shuffle=True, seed=seed, device=device,
                                    workers=workers), val, augment)
+
+
+def pooled_features(net: BackboneWithHead, dataset: ImageDataset, data_config: dict[str, Any], *, runtime: Runtime,
+                    device: torch.device, check: Callable[[], None] = interrupt.check,
+                    splits: tuple[str, ...] = ("train", "val")) -> dict[str, torch.Tensor]:
+    """The pooled features a linear-probe trial of ``net`` trains on, from the same cache.
+
+    Built with ``freeze_depth=1.0``, ``net`` has the weights fingerprint of a linear-probe trial's
+    network, so features computed here are found by every such trial (and the other way round).
+
+    Args:
+        net: A fully frozen :class:`~autotransfer.models.network.BackboneWithHead` on ``device``.
+        dataset: The split dataset.
+        data_config: The backbone's timm data config (its eval preprocessing decides the features).
+        runtime: Cache and accelerator settings (``cache_dir`` holds the on-disk store).
+        device: Where the backbone runs.
+        check: Called before every batch (raises to stop).
+        splits: Split names.
+
+    Returns:
+        ``{split: float32 tensor (n_images, n_features)}``, rows in split order.
+
+    Raises:
+        BadImageError: An image no longer decodes. Interrupted: a stop was asked for.
+    """
+    return _features(net, dataset, Preprocess.from_config(data_config), runtime, device, check, splits)
 
 
 def _extract(fn: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, preprocess: Preprocess,

@@ -94,6 +94,12 @@ class Evidence:
         return dict(record) if isinstance(record, dict) else None
 
     @property
+    def screen(self) -> dict[str, Any] | None:
+        """The backbone screen run before the first trial (``search(..., screen=K)``), or None."""
+        record = self.study.user_attrs.get(StudyAttr.SCREEN)
+        return dict(record) if isinstance(record, dict) else None
+
+    @property
     def excluded(self) -> list[list[str]]:
         """``[path, reason]`` of every file excluded from the dataset."""
         return list(self.study.user_attrs.get(StudyAttr.EXCLUDED, []))

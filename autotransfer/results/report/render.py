@@ -45,6 +45,7 @@ from autotransfer.results.report.figures import (
     importance_figure,
     to_plain,
 )
+from autotransfer.settings import SCREEN_SCORES
 from autotransfer.space.dimensions import DIMENSIONS
 from autotransfer.space.strategy import CORE
 from autotransfer.storage.output_folder import OutputFolder
@@ -150,7 +151,8 @@ def render_report(study: optuna.Study | Evidence) -> str:
         baseline_flags=ev.board["baseline"].fillna(False).astype(bool).tolist(),
         best_number=ev.best.number if ev.best else None, importance_evaluator=IMPORTANCE_EVALUATOR,
         best_val=best_val, best_test=best_test, refit=refit, baseline=baseline_comparison(ev),
-        excluded=ev.excluded, figures=figures, notes=notes, plotly_js=_plotly_js(),
+        excluded=ev.excluded, screen=ev.screen, screen_scores=SCREEN_SCORES, figures=figures, notes=notes,
+        plotly_js=_plotly_js(),
     )
 
 
