@@ -70,6 +70,15 @@ class FinalistRuns:
         """Mean val score over the repeats."""
         return float(np.mean(self.scores))
 
+    def interval(self) -> tuple[float, float]:
+        """The 95% Student-t interval of the mean score over the repeats (``scipy.stats.t.interval``)."""
+        scores = np.asarray(self.scores, dtype=float)
+        sem = float(stats.sem(scores))
+        if sem == 0.0:
+            return self.mean, self.mean
+        low, high = stats.t.interval(0.95, len(scores) - 1, loc=scores.mean(), scale=sem)
+        return float(low), float(high)
+
     def cost_key(self) -> tuple[float, float, int]:
         """Sorts cheapest first: fastest inference, then shortest training, then fewest trainable parameters."""
         return (-self.images_per_second, self.train_seconds, self.trainable_params)

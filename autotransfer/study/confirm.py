@@ -309,19 +309,11 @@ def _finalist_runs(plan: ConfirmPlan, k: int, trials: list[FrozenTrial], val_lab
 
 def _summary(runs: FinalistRuns, finalist: dict[str, Any]) -> dict[str, Any]:
     """One finalist for the report: mean, spread and 95% t-interval over repeats, speed and cost."""
-    scores = np.asarray(runs.scores, dtype=float)
-    half = float(np.std(scores, ddof=1) / math.sqrt(len(scores)) * _t975(len(scores) - 1))
+    low, high = runs.interval()
     return {"trial": finalist["trial"], "family": finalist["family"], "params": finalist["params"],
-            "scores": scores.tolist(), "mean": float(scores.mean()), "std": float(np.std(scores, ddof=1)),
-            "low": float(scores.mean()) - half, "high": float(scores.mean()) + half,
-            "images_per_second": runs.images_per_second, "train_seconds": runs.train_seconds,
-            "trainable_params": runs.trainable_params}
-
-
-def _t975(df: int) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, df))
+            "scores": list(runs.scores), "mean": runs.mean, "std": float(np.std(runs.scores, ddof=1)),
+            "low": low, "high": high, "images_per_second": runs.images_per_second,
+            "train_seconds": runs.train_seconds, "trainable_params": runs.trainable_params}
 
 
 def _test_of(study: optuna.Study, objective: Objective, finalist: dict[str, Any]) -> dict[str, Any] | None:
