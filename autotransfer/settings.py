@@ -95,6 +95,8 @@ class SearchSettings:
         tie_margin: Half-width of the region of practical equivalence, in metric units (0.01: one point).
         resplit: Re-draw train/val for each repeat even when val is a folder the user gave.
         confirm_share: Compute the stage may spend, as a share of the search's (when ``repeats`` is None).
+        patience: Stop sampling after this many finished trials without an improvement larger than
+            max(one val image, ``tie_margin``); None: no patience rule.
         screen: Keep only the ``screen`` backbones of the space that score best on their pooled
             features (:mod:`autotransfer.screen`) before any trial trains; None: no screen.
         screen_score: The score the screen ranks by: one of :data:`SCREEN_SCORES`.
@@ -123,6 +125,7 @@ class SearchSettings:
     confirm_share: float = 0.5
     screen: int | None = None
     screen_score: str = SCREEN_SCORES[0]
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         _positive_int("n_trials", self.n_trials, optional=True)
@@ -158,6 +161,7 @@ class SearchSettings:
             raise ConfigError(describe("confirm_share", "a share of the search's compute in (0, 10]",
                                        self.confirm_share))
         _positive_int("screen", self.screen, optional=True)
+        _positive_int("patience", self.patience, optional=True)
         if self.screen_score not in SCREEN_SCORES:
             raise ConfigError(describe("screen_score", f"one of {list(SCREEN_SCORES)}", self.screen_score))
         if self.out is not None and not isinstance(self.out, Path):

@@ -157,7 +157,7 @@ def test_screen_refuses_bad_input_before_any_extraction(tmp_path: Path, digits_s
 
 
 def test_search_with_screen_keeps_the_best_backbones_and_stores_the_screen(
-        tmp_path: Path, digits_small: ImageDataset, two_backbone_zoo: Path) -> None:
+        tmp_path: Path, digits_small: ImageDataset, two_backbone_zoo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Runtime().memory().clear()  # features of an earlier test in this process would be found in memory
     space = {"backbone": TWO, "freeze_depth": [1.0], "head_width": [0], "learning_rate": {"low": 1e-3, "high": 1e-2}}
     kwargs = {"space": space, "epochs": 1, "zoo": two_backbone_zoo, "out": tmp_path / "out", "device": "cpu",
@@ -179,8 +179,14 @@ def test_search_with_screen_keeps_the_best_backbones_and_stores_the_screen(
     html = (tmp_path / "out" / "report.html").read_text()
     assert 'id="screen"' in html and "Backbone screen" in html
 
+    def no_second_screen(*args: object, **kw: object) -> None:
+        raise AssertionError("a resumed study must reuse its stored screen")
+
+    monkeypatch.setattr("autotransfer.study.search.screen", no_second_screen)
     resumed = search(digits_small, n_trials=3, screen=1, screen_score="logme", **kwargs)  # type: ignore[arg-type]
     assert len(resumed.study.trials) == 3
+    assert {t.params["backbone"] for t in resumed.study.trials} == set(kept)
+    assert resumed.study.user_attrs[StudyAttr.SCREEN] == stored
     with pytest.raises(StudyMismatchError, match="screen: stored"):
         search(digits_small, n_trials=4, **kwargs)  # type: ignore[arg-type]
 

@@ -22,7 +22,13 @@ from autotransfer import interrupt
 from autotransfer.errors import AutotransferError
 from autotransfer.logs import configure_logging
 from autotransfer.results.report import write_report
-from autotransfer.results.status import describe_decision, describe_params, format_status, study_status
+from autotransfer.results.status import (
+    describe_decision,
+    describe_params,
+    format_status,
+    sampling_stopped,
+    study_status,
+)
 from autotransfer.settings import PRUNERS, SCREEN_SCORES, Budget, SearchSettings
 from autotransfer.space.dimensions import DIMENSIONS
 from autotransfer.storage.backends import load_existing_study
@@ -124,8 +130,11 @@ def _add_confirm(p: argparse.ArgumentParser, *, repeats_help: str) -> None:
 
 def confirm_options(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`~autotransfer.settings.SearchSettings` fields the confirmation flags give."""
-    return {"finalists": args.finalists, "repeats": args.repeats, "tie_margin": args.tie_margin / 100,
-            "resplit": args.resplit}
+    options = {"finalists": args.finalists, "repeats": args.repeats, "tie_margin": args.tie_margin / 100,
+               "resplit": args.resplit}
+    if getattr(args, "patience", None) is not None:
+        options["patience"] = args.patience
+    return options
 
 
 def _add_screen_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -194,6 +203,8 @@ def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space
                    help=f"score the screen ranks backbones by (default: {SCREEN_SCORES[0]})")
     _add_confirm(p, repeats_help="repeats per finalist (default: as many, 2 to 5, as fit half of the search's "
                  "compute)")
+    p.add_argument("--patience", type=int, metavar="N", help="stop sampling after N finished trials without an "
+                   "improvement larger than max(one val image, the tie margin) (default: off)")
     _add_runtime(p)
 
 
@@ -299,6 +310,9 @@ def _print_summary(result: SearchResult, out: Path) -> None:
     show = ["rank", "number", "state", "value", *(c for c in board.columns if c.startswith("params_")), *_SHOW_TRIAL]
     print(board[show].head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     best = result.best
+    stopped = sampling_stopped(result.study)
+    if stopped:
+        print(f"\nSampling stopped: {stopped}.")
     if result.decision is not None:
         print()
         print("\n".join(describe_decision(result.decision)))

@@ -48,6 +48,7 @@ class StudyStatus:
         confirmation: Progress of the confirmation stage (``{"note", "done", "total", "running"}``), or None.
         decision: The confirmation's stored decision, or None.
         skipped: Why the confirmation stage did not run, or None.
+        sampling_stopped: Why the latest run stopped sampling (trial count, timeout or patience), or None.
     """
 
     study_name: str
@@ -65,6 +66,7 @@ class StudyStatus:
     confirmation: dict[str, Any] | None = None
     decision: dict[str, Any] | None = None
     skipped: str | None = None
+    sampling_stopped: str | None = None
 
     @property
     def elapsed(self) -> float | None:
@@ -118,7 +120,13 @@ def study_status(study: optuna.Study) -> StudyStatus:
                        sum(counts_towards_n_trials(t) for t in trials), (run or {}).get("n_trials"), best,
                        study_metric(study), running, run, statistics.median(seconds) if seconds else None, time.time(),
                        _confirmation(study), decision if isinstance(decision, dict) else None,
-                       study.user_attrs.get(StudyAttr.CONFIRM_SKIPPED))
+                       study.user_attrs.get(StudyAttr.CONFIRM_SKIPPED), sampling_stopped(study))
+
+
+def sampling_stopped(study: optuna.Study) -> str | None:
+    """Why the latest run stopped sampling new trials, in words, or None (still sampling, or an older release)."""
+    stopped = study.user_attrs.get(StudyAttr.SAMPLING_STOPPED)
+    return str(stopped.get("detail")) if isinstance(stopped, dict) and stopped.get("detail") else None
 
 
 def _confirmation(study: optuna.Study) -> dict[str, Any] | None:
@@ -189,6 +197,8 @@ def format_status(status: StudyStatus) -> str:
                      f"worker(s)" + (f", --timeout {s.run['timeout']:g} s" if s.run.get("timeout") else ""))
     if s.timeout_left:
         lines.append(f"  timeout: no new trial starts after {_duration(s.timeout_left)} from now")
+    if s.sampling_stopped:
+        lines.append(f"  sampling stopped: {s.sampling_stopped}")
     if s.confirmation is not None and s.decision is None:
         c = s.confirmation
         lines.append(f"  confirmation: {c['done']} of {c['total']} runs complete, {c['running']} running ({c['note']})")

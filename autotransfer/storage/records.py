@@ -95,6 +95,8 @@ class StudyAttr:
     DECISION: Final = "autotransfer.decision"  # the confirmation's outcome, recommendation and summaries
     CONFIRM_PLAN: Final = "autotransfer.confirm.plan"  # on the companion study: finalists, seeds, splits
     CONFIRM_SKIPPED: Final = "autotransfer.confirm.skipped"  # why the stage did not run (text)
+    PATIENCE: Final = "autotransfer.patience"  # {"trials": N, "min_improvement": m}: read by every worker
+    SAMPLING_STOPPED: Final = "autotransfer.sampling_stopped"  # why sampling stopped: {"reason", "detail"}
 
 
 CONFIRM_SUFFIX: Final = ".confirm"  # the companion study holding the confirmation runs: "<name>.confirm"

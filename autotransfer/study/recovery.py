@@ -27,8 +27,17 @@ from autotransfer import interrupt
 from autotransfer.storage.backends import stale_retry_callback
 from autotransfer.storage.records import StudyAttr, TrialAttr, counts_towards_n_trials
 
-__all__ = ["TrialQuota", "finished_trials", "has_heartbeat", "reclaim_stale_trials", "record_run", "worker_identity",
-           "worker_seed"]
+__all__ = [
+    "TrialQuota",
+    "finished_trials",
+    "has_heartbeat",
+    "patience_exhausted",
+    "reclaim_stale_trials",
+    "record_run",
+    "set_patience",
+    "worker_identity",
+    "worker_seed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +124,46 @@ def record_run(study: optuna.Study, *, n_trials: int | None, timeout: float | No
                          "host": me["host"], "pid": me["pid"]})
 
 
+def set_patience(study: optuna.Study, trials: int | None, min_improvement: float) -> None:
+    """Store this run's patience rule with the study, where every worker and host reads it (None: no rule).
+
+    Also clears the previous run's record of why sampling stopped.
+    """
+    rule = None if trials is None else {"trials": trials, "min_improvement": min_improvement}
+    study.set_user_attr(StudyAttr.PATIENCE, rule)
+    study.set_user_attr(StudyAttr.SAMPLING_STOPPED, None)
+
+
+def patience_exhausted(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> str | None:
+    """Why the study's patience rule stops sampling now, or None while it does not (or there is no rule).
+
+    The rule (:func:`set_patience`) is ``N`` finished trials in a row, in trial-number order, none of
+    which improved the best value so far by more than ``min_improvement`` (metric units). Only
+    trials that count towards ``n_trials`` count (an interrupted or stale trial does not). Optuna's
+    terminator is not used: its callback ends only the current ``optimize`` call, and its evaluators
+    need cross-validation scores or ignore the val noise that ``min_improvement`` stands for.
+    """
+    rule = study.user_attrs.get(StudyAttr.PATIENCE)
+    if not rule:
+        return None
+    patience, step = int(rule["trials"]), float(rule["min_improvement"])
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    best: float | None = None
+    since = 0
+    for trial in sorted(trials if trials is not None else study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if not counts_towards_n_trials(trial):
+            continue
+        value = None if trial.state != TrialState.COMPLETE or trial.value is None else sign * trial.value
+        if value is not None and (best is None or value > best + step):
+            best, since = value, 0
+        else:
+            since += 1
+    if since < patience:
+        return None
+    return (f"{since} finished trials without an improvement larger than {step:.4g} "
+            f"(--patience {patience})")
+
+
 @dataclass
 class TrialQuota:
     """Decides, before every trial, whether a worker may start another one.
@@ -146,9 +195,14 @@ class TrialQuota:
                 return False
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return False
+            trials = study.get_trials(deepcopy=False)
+            stopped = patience_exhausted(study, trials)
+            if stopped is not None:
+                if not study.user_attrs.get(StudyAttr.SAMPLING_STOPPED):
+                    study.set_user_attr(StudyAttr.SAMPLING_STOPPED, {"reason": "patience", "detail": stopped})
+                return False
             if self.n_trials is None:
                 break
-            trials = study.get_trials(deepcopy=False)
             finished = sum(counts_towards_n_trials(t) for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
             if finished + running < self.n_trials:

@@ -46,7 +46,7 @@ from autotransfer.storage.records import (
 )
 from autotransfer.study.confirm import run_confirmation
 from autotransfer.study.objective import EpochProgress, Objective
-from autotransfer.study.recovery import finished_trials, reclaim_stale_trials, record_run
+from autotransfer.study.recovery import finished_trials, reclaim_stale_trials, record_run, set_patience
 from autotransfer.study.sampling import make_pruner
 from autotransfer.study.workers import WorkerJob, run_worker, run_workers
 from autotransfer.training.runtime import Runtime
@@ -318,12 +318,14 @@ def search(
         folder.create()
         if runtime.cache and runtime.cache_dir is None:
             runtime = replace(runtime, cache_dir=folder.cache)
+    storage_obj = make_storage(storage, heartbeat_interval=settings.heartbeat_interval)
+    study_name = settings.study_name or dataset.name
     screened, screen_config = None, None
     if settings.screen is not None:
-        screened, screen_config, search_space = _screen(dataset, search_space, settings, local_zoo, runtime)
+        screened, screen_config, search_space = _screen(dataset, search_space, settings, local_zoo, runtime,
+                                                        _stored_screen(storage_obj, study_name))
         recipe = _baseline_record(search_space) if settings.baseline else None
-    study = open_study(make_storage(storage, heartbeat_interval=settings.heartbeat_interval),
-                       settings.study_name or dataset.name,
+    study = open_study(storage_obj, study_name,
                        study_config(dataset, search_space, budget, recipe, screen_config),
                        pruner=make_pruner(settings.pruner, budget.epochs), split=dataset.split_record())
     if screened is not None:
@@ -347,13 +349,36 @@ def _settings(settings: SearchSettings | None, budget: Budget | None, runtime: R
             replace(runtime or Runtime(), **machine))
 
 
-def _screen(dataset: ImageDataset, space: SearchSpace, settings: SearchSettings, zoo: Zoo,
-            runtime: Runtime) -> tuple[ScreenResult, dict[str, Any], SearchSpace]:
-    """Screen the space's backbones: the result, its configuration record and the narrowed space."""
+def _stored_screen(storage: str | optuna.storages.BaseStorage | None, study_name: str) -> dict[str, Any] | None:
+    """The screen stored with an existing study of this name (``StudyAttr.SCREEN``), or None."""
+    if storage is None:
+        return None
+    try:
+        stored = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return None
+    record = stored.user_attrs.get(StudyAttr.SCREEN)
+    return record if isinstance(record, dict) else None
+
+
+def _screen(dataset: ImageDataset, space: SearchSpace, settings: SearchSettings, zoo: Zoo, runtime: Runtime,
+            stored: dict[str, Any] | None = None) -> tuple[ScreenResult | None, dict[str, Any], SearchSpace]:
+    """Screen the space's backbones: the result, its configuration record and the narrowed space.
+
+    A resumed study whose stored screen used the same score, K and candidates keeps its stored kept
+    backbones: screening again would cost the extraction, and a re-ranking could change the space
+    mid-study. The result is then None (the stored record stays as it is).
+    """
+    record = {"score": settings.screen_score, "k": settings.screen, "backbones": space.backbones}
+    candidates = [row.get("backbone") for row in (stored or {}).get("candidates", [])]
+    if stored and stored.get("score") == settings.screen_score and stored.get("k") == settings.screen \
+            and sorted(candidates) == sorted(space.backbones) and stored.get("kept"):
+        logger.info("Screen: reusing the stored screen by %s, which kept %s", settings.screen_score,
+                    ", ".join(stored["kept"]))
+        return None, record, space.with_backbones(list(stored["kept"]))
     screened = screen(dataset, space.backbones, score=settings.screen_score, k=settings.screen, zoo=zoo,
                       device=settings.device, runtime=runtime, seed=settings.seed)
     logger.info("Screen by %s kept %s", settings.screen_score, ", ".join(screened.kept))
-    record = {"score": settings.screen_score, "k": settings.screen, "backbones": space.backbones}
     return screened, record, space.with_backbones(screened.kept)
 
 
@@ -372,6 +397,8 @@ def _run(job: WorkerJob, study: optuna.Study) -> None:
         search_timeout = settings.timeout / (1 + settings.confirm_share)
         job = replace(job, objective=replace(job.objective, settings=replace(settings, timeout=search_timeout)))
     record_run(study, n_trials=settings.n_trials, timeout=settings.timeout, workers=settings.workers)
+    n_val = len(job.objective.dataset.splits.get("val", ())) or 1
+    set_patience(study, settings.patience, max(1.0 / n_val, settings.tie_margin))
     out = settings.out
     writer = OutputWriter(out, every=settings.report_every) if out is not None else None
     with interrupt.graceful_stop(hard_exit=False):
@@ -384,6 +411,7 @@ def _run(job: WorkerJob, study: optuna.Study) -> None:
             else:
                 run_workers(job, settings.workers, study, remaining)
             interrupt.check()
+            _record_sampling_stop(study, settings.n_trials, search_timeout)
             if settings.finalists:
                 left = None if settings.timeout is None else settings.timeout - (time.monotonic() - started)
                 run_confirmation(study, replace(job.objective, settings=settings),
@@ -392,6 +420,21 @@ def _run(job: WorkerJob, study: optuna.Study) -> None:
             if writer is not None:
                 writer.final(study)
         interrupt.check()
+
+
+def _record_sampling_stop(study: optuna.Study, n_trials: int | None, timeout: float | None) -> None:
+    """Store why sampling stopped (``{"reason": "trials" | "timeout" | "patience", "detail": text}``) and log it."""
+    stopped = study.user_attrs.get(StudyAttr.SAMPLING_STOPPED)
+    if not stopped:
+        finished = finished_trials(study)
+        if n_trials is not None and finished >= n_trials:
+            stopped = {"reason": "trials", "detail": f"{finished} finished trials (--n-trials {n_trials})"}
+        elif timeout is not None:
+            stopped = {"reason": "timeout", "detail": f"the search's {timeout:.0f} s (--timeout) ran out"}
+        else:
+            return
+        study.set_user_attr(StudyAttr.SAMPLING_STOPPED, stopped)
+    logger.info("Sampling stopped: %s.", stopped["detail"])
 
 
 def _stage_budget(study: optuna.Study, share: float, left: float | None) -> float:

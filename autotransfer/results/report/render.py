@@ -45,6 +45,7 @@ from autotransfer.results.report.figures import (
     importance_figure,
     to_plain,
 )
+from autotransfer.results.status import sampling_stopped
 from autotransfer.settings import SCREEN_SCORES
 from autotransfer.space.dimensions import DIMENSIONS
 from autotransfer.space.strategy import CORE
@@ -146,6 +147,7 @@ def render_report(study: optuna.Study | Evidence) -> str:
         split=ev.config.get("split", {}), metric=ev.metric, summary=summary(ev),
         families=family_ranking(ev.board, _confirmed_families(ev.decision)).to_dict(orient="records"),
         decision=ev.decision, skipped=ev.study.user_attrs.get(StudyAttr.CONFIRM_SKIPPED),
+        sampling_stopped=sampling_stopped(ev.study),
         optuna_best=ev.optuna_best.number if ev.optuna_best is not None else None,
         columns=list(headers.values()), rows=_records(board, list(headers.values())),
         baseline_flags=ev.board["baseline"].fillna(False).astype(bool).tolist(),
