@@ -144,3 +144,13 @@ def test_demo_runs_on_digits_with_the_real_zoo(tmp_path: Path, monkeypatch: pyte
                  "--no-baseline"]) == 0
     board = pd.read_csv(tmp_path / "leaderboard.csv")
     assert board.loc[0, "state"] == "COMPLETE" and board.loc[0, "value"] > 0.7  # 10 digit classes
+
+
+def test_the_command_line_prints_its_version_and_takes_quiet(capsys: pytest.CaptureFixture[str]) -> None:
+    from autotransfer import __version__
+    from autotransfer.cli.main import build_parser, main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0 and capsys.readouterr().out.strip() == f"autotransfer {__version__}"
+    assert build_parser().parse_args(["status", "--storage", "sqlite:///x.db", "-q"]).quiet

@@ -90,3 +90,4 @@ def test_a_search_that_runs_its_trials_says_the_trial_count_stopped_it(test_mode
                     baseline=False, finalists=0)
     assert result.study.user_attrs[StudyAttr.SAMPLING_STOPPED] == {"reason": "trials",
                                                                    "detail": "2 finished trials (--n-trials 2)"}
+

@@ -8,6 +8,7 @@ here only (the library logs through ``logging``).
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import time
@@ -19,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from autotransfer import interrupt
+from autotransfer._version import __version__
 from autotransfer.errors import AutotransferError
 from autotransfer.logs import configure_logging
 from autotransfer.results.report import write_report
@@ -99,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(c)
     _add_confirm(c, repeats_help="repeats per finalist (default: 3; a resumed stage keeps its stored plan)")
     _add_stored_inputs(c)
+    parser.add_argument("--version", action="version", version=f"autotransfer {__version__}")
+    for command in sub.choices.values():
+        command.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only (the "
+                             "summary is still printed)")
     return parser
 
 
@@ -230,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ctrl+C / `kill -INT` must end the search cleanly even when the shell started us with SIGINT
     # ignored (a background job of a script): restore Python's KeyboardInterrupt handler.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    configure_logging()
+    configure_logging(logging.WARNING if args.quiet else logging.INFO)
     if args.command in ("report", "status"):
         return _read_only(args)
     if args.command in ("refit", "predict", "confirm", "screen"):
