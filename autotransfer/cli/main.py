@@ -136,11 +136,8 @@ def _add_confirm(p: argparse.ArgumentParser, *, repeats_help: str) -> None:
 
 def confirm_options(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`~autotransfer.settings.SearchSettings` fields the confirmation flags give."""
-    options = {"finalists": args.finalists, "repeats": args.repeats, "tie_margin": args.tie_margin / 100,
-               "resplit": args.resplit}
-    if getattr(args, "patience", None) is not None:
-        options["patience"] = args.patience
-    return options
+    return {"finalists": args.finalists, "repeats": args.repeats, "tie_margin": args.tie_margin / 100,
+            "resplit": args.resplit}
 
 
 def _add_screen_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -273,7 +270,8 @@ def _search(args: argparse.Namespace) -> int:
             n_trials=args.n_trials, timeout=args.timeout, trial_timeout=args.trial_timeout, pruner=args.pruner,
             seed=args.seed, device=args.device, storage=getattr(args, "storage", None), study_name=name, out=out,
             workers=args.workers, heartbeat_interval=args.heartbeat_interval, baseline=not args.no_baseline,
-            screen=args.screen, screen_score=args.screen_score, **confirm_options(args))
+            screen=args.screen, screen_score=args.screen_score, patience=getattr(args, "patience", None),
+            **confirm_options(args))
         budget = Budget(epochs=args.epochs, batch_size=args.batch_size, metric=args.metric)
         result = search(data, space=args.space, settings=settings, budget=budget,
                         runtime=Runtime(**runtime_options(args)), zoo=args.zoo, on_epoch=progress.epoch,
