@@ -37,9 +37,9 @@ from autotransfer.space.strategy import family_label, transfer_mode
 from autotransfer.storage.records import TrialAttr, trial_family
 from autotransfer.study import objective as objective_module
 from autotransfer.training.input_plan import prepare_inputs
+from autotransfer.training.optim import make_optimizer
 from autotransfer.training.pipeline import Preprocess
 from autotransfer.training.runtime import Runtime
-from autotransfer.training.trainer import make_optimizer
 
 CPU = torch.device("cpu")
 CONFIG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,

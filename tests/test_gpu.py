@@ -84,3 +84,15 @@ def test_search_refit_and_saved_model_on_cuda(tmp_path: Path, digits_small: Imag
     on_gpu = model.predict_proba(images)
     on_cpu = load_model(model.save(tmp_path / "model"), device="cpu").predict_proba(images)
     assert np.allclose(on_gpu, on_cpu, atol=1e-2)  # bf16 autocast on the GPU, float32 on the CPU
+
+
+@pytest.mark.parametrize("freeze", [0.5, 0.0])
+def test_every_recipe_dimension_trains_on_cuda(digits_small: ImageDataset, freeze: float) -> None:
+    recipe = Recipe(lp_ft=True, layer_decay=0.75, l2_sp=0.01, label_smoothing=0.1, warmup=0.1, grad_clip=1.0,
+                    augmentation="rand_augment", mixup=0.2, cutmix=1.0, augment_frozen=True)
+    result = _fit(digits_small, freeze, Runtime(amp=True), recipe)
+    assert result.inputs == "images" and all(np.isfinite(result.train_loss))  # type: ignore[attr-defined]
+    assert result.head_fit["loss_after"] < result.head_fit["loss_before"]  # type: ignore[attr-defined]
+    plain = Recipe(lp_ft=True, layer_decay=0.75, l2_sp=0.01, augmentation="none")
+    cached, uncached = (_fit(digits_small, freeze, Runtime(cache=c), plain) for c in (True, False))
+    assert cached.metrics["accuracy"] == pytest.approx(uncached.metrics["accuracy"], abs=0.01)  # type: ignore[attr-defined]

@@ -31,6 +31,7 @@ from autotransfer import (
     study_status,
     write_report,
 )
+from autotransfer.storage.records import BASELINE_SUFFIX, companion_study
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "release-0.1.0"
 FACTS: dict[str, Any] = json.loads((FIXTURES / "facts.json").read_text())
@@ -135,6 +136,7 @@ def test_stored_study_resumes_with_one_more_trial(stored: tuple[str, dict[str, A
         assert new.user_attrs == old.user_attrs
     assert after[-1].state.name in ("COMPLETE", "PRUNED")
     assert study_status(study).finished == facts["finished"] + 1
+    assert companion_study(study, BASELINE_SUFFIX) is None  # no strong baseline in a study made before it
 
 
 def test_stored_model_loads_and_predicts_as_recorded(stored_model: Path) -> None:
@@ -170,7 +172,9 @@ def test_stored_sqlite_study_refits(tmp_path: Path, test_model_zoo: Path) -> Non
     assert probabilities.shape == (len(pixels), len(FACTS["model"]["classes"]))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     # The same refit as the one that made model/ (same study, seed and zoo): the same model, up to CPU rounding.
+    # A training run amplifies rounding: another CPU's kernels (its vector instructions) moved probabilities by
+    # up to 0.0044 (measured on a Xeon with AVX-512) after this one epoch of full fine-tuning.
     np.testing.assert_allclose(probabilities, np.asarray(FACTS["model"]["predict"]["probabilities"]), rtol=0,
-                               atol=1e-3)
+                               atol=1e-2)
     model.save(tmp_path / "refit")
     np.testing.assert_allclose(load_model(tmp_path / "refit").predict_proba(pixels), probabilities, rtol=0, atol=1e-6)

@@ -192,8 +192,9 @@ def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space
     p.add_argument("--seed", type=int, default=0, help="seed of the split, sampler and trials (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--pruner", default="hyperband", choices=PRUNERS, help="pruner (default: hyperband)")
-    p.add_argument("--no-baseline", action="store_true", help="do not run the textbook baseline (frozen backbone, "
-                   "Dense(1024) head, lr 1e-4) as the first trial of a new study")
+    p.add_argument("--no-baseline", action="store_true", help="do not run the baselines in a new study: the textbook "
+                   "recipe (frozen backbone, Dense(1024) head, lr 1e-4) as its first trial, and AutoGluon's "
+                   "fixed image recipe after the search, outside the sampled space")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (journal file or "
                    "PostgreSQL storage; not SQLite) (default: 1)")
     p.add_argument("--trial-timeout", type=float, metavar="SECONDS", help="end a trial that runs longer than this "
@@ -327,6 +328,9 @@ def _print_summary(result: SearchResult, out: Path) -> None:
         label = "Recommended" if result.decision is not None else "Best"
         print(f"\n{label}: trial {best['trial']}, {best['family']}, {describe_params(params)}: val accuracy "
               f"{best['val_accuracy']:.4f} in the search")
+    strong = (result.study.user_attrs.get(StudyAttr.STRONG_BASELINE) or {}).get("search") or {}
+    if strong.get("value") is not None:
+        print(f"Strong baseline (AutoGluon's recipe, outside the space): val {strong['value']:.4f} on the search split")
     folder = OutputFolder(out)
     print(f"Wrote {folder.leaderboard} and {folder.report}")
 

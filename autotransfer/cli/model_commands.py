@@ -29,6 +29,7 @@ from autotransfer.storage.records import StudyAttr, read_budget, read_config
 from autotransfer.study.confirm import run_confirmation
 from autotransfer.study.objective import Objective
 from autotransfer.study.refit import refit, resolve_zoo, stored_dataset
+from autotransfer.study.strong_baseline import run_strong_baseline
 from autotransfer.training.runtime import Runtime
 from autotransfer.training.trainer import resolve_device
 
@@ -99,6 +100,7 @@ def confirm_command(args: argparse.Namespace, runtime_options: dict[str, Any], c
         space, _ = space.including(Strategy.from_params(baseline["params"]))
     objective = Objective(dataset, space, read_budget(config), zoo, settings, runtime, resolve_device(args.device))
     decision = run_confirmation(study, objective, budget_seconds=None)
+    run_strong_baseline(study, objective)  # its runs on the new repeats, so the comparison stays paired
     record = study.user_attrs.get(StudyAttr.DECISION)
     if decision is None or not isinstance(record, dict):
         print(f"No decision: {study.user_attrs.get(StudyAttr.CONFIRM_SKIPPED, 'the stage did not run')}.")

@@ -11,7 +11,8 @@ Frozen modules get ``requires_grad=False`` and their BatchNorm layers are swappe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import timm.models
@@ -65,11 +66,14 @@ class FreezeReport:
         n_groups: Number of block groups in the backbone.
         n_frozen: Number of groups frozen (from the stem).
         frozen_modules: Names of the modules frozen through ``timm.utils.freeze``.
+        groups: Block-group index of every backbone parameter, by name (as :func:`block_groups`
+            gave it before freezing, which moves norm weights into buffers).
     """
 
     n_groups: int
     n_frozen: int
     frozen_modules: tuple[str, ...]
+    groups: Mapping[str, int] = field(default_factory=dict)
 
 
 def freeze_backbone(model: nn.Module, freeze_depth: float) -> FreezeReport:
@@ -101,7 +105,7 @@ def freeze_backbone(model: nn.Module, freeze_depth: float) -> FreezeReport:
             root_params[name].requires_grad_(False)
     if modules:
         timm.utils.freeze(model, submodules=modules, include_bn_running_stats=True)
-    return FreezeReport(n_groups=n_groups, n_frozen=n_frozen, frozen_modules=tuple(modules))
+    return FreezeReport(n_groups=n_groups, n_frozen=n_frozen, frozen_modules=tuple(modules), groups=groups)
 
 
 def module_chain(module: nn.Module) -> list[Slot]:

@@ -25,7 +25,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from autotransfer.errors import ConfigError, describe
 
-__all__ = ["DIMENSIONS", "REQUIRED", "Dimension", "Domain", "Recipe", "declared", "parse_domain"]
+__all__ = ["AUGMENTATIONS", "DIMENSIONS", "REQUIRED", "Dimension", "Domain", "Recipe", "declared", "parse_domain"]
 
 REQUIRED: Any = object()  # the default of a dimension every space must give
 
@@ -52,6 +52,21 @@ class Recipe:
             training augmentation (random resized crop at scale 0.5-1, horizontal flip).
         augment_frozen: Whether strategies with a frozen part augment too; then their pooled
             features and frozen-prefix activations change with every epoch and are not cached.
+        label_smoothing: Cross-entropy label smoothing in [0, 1) (0: none).
+        warmup: Linear learning-rate warm-up from 0, as a fraction of all training steps (0: none).
+        layer_decay: Layer-wise learning-rate decay: block group ``i`` of ``n`` trains at
+            ``lr * layer_decay ** (n - i)``, the head at ``lr`` (1.0: none).
+        lp_ft: Linear probe, then fine-tune: fit the head on cached pooled features before training
+            a partly or wholly trainable backbone.
+        l2_sp: L2-SP strength ``alpha`` of the penalty ``alpha * ||w - w0||^2`` towards the pretrained
+            backbone weights (0: none; then the backbone's decoupled weight decay is 0).
+        augmentation: Training augmentation of images: ``"none"``, ``"crop_flip"`` (random resized
+            crop at scale 0.5-1 and a horizontal flip), ``"rand_augment"`` or ``"trivial_augment"``
+            (each after the crop and flip).
+        mixup: Mixup's Beta(alpha, alpha) parameter (0: no mixup).
+        cutmix: CutMix's Beta(alpha, alpha) parameter (0: no CutMix).
+        input_size: Side in pixels of the square input the backbone sees (None: its pretrained size).
+        grad_clip: Gradient-norm clipping threshold (0: none).
     """
 
     weight_decay: float = 0.01
@@ -61,6 +76,33 @@ class Recipe:
     extra_loss: tuple[Callable[[Any], Any], ...] = ()
     train_transform: Mapping[str, Any] = field(default_factory=dict)
     augment_frozen: bool = False
+    label_smoothing: float = 0.0
+    warmup: float = 0.0
+    layer_decay: float = 1.0
+    lp_ft: bool = False
+    l2_sp: float = 0.0
+    augmentation: str = "crop_flip"
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    input_size: int | None = None
+    grad_clip: float = 0.0
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training batches are mixed (mixup or CutMix), with soft targets."""
+        return self.mixup > 0 or self.cutmix > 0
+
+    @property
+    def augments(self) -> bool:
+        """Whether the recipe changes training images at random (augmentation or mixing)."""
+        return self.augmentation != "none" or self.mixes
+
+    def data_config(self, data_config: Mapping[str, Any]) -> dict[str, Any]:
+        """The backbone's timm data config with the recipe's input size (unchanged without one)."""
+        config = dict(data_config)
+        if self.input_size is not None:
+            config["input_size"] = (int(config["input_size"][0]), self.input_size, self.input_size)
+        return config
 
 
 @dataclass(frozen=True)
@@ -276,6 +318,51 @@ def number_check(expected: str, accepted: Callable[[float], bool]) -> Check:
 _check_fraction = number_check("a fraction in [0, 1] (0 = full fine-tuning, 1 = linear probe)", lambda x: 0 <= x <= 1)
 _check_positive = number_check("a positive number", lambda x: x > 0)
 _check_non_negative = number_check("a number >= 0", lambda x: x >= 0)
+_check_rate = number_check("a number in [0, 1)", lambda x: 0 <= x < 1)
+_check_decay = number_check("a factor in (0, 1] (1 = no layer-wise decay)", lambda x: 0 < x <= 1)
+
+AUGMENTATIONS = ("none", "crop_flip", "rand_augment", "trivial_augment")
+"""The ``augmentation`` choices (:attr:`Recipe.augmentation`)."""
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(describe(name, "true or false", value))
+    return value
+
+
+def _check_augmentation(name: str, value: Any) -> str:
+    if value not in AUGMENTATIONS:
+        raise ConfigError(describe(name, f"one of {list(AUGMENTATIONS)}", value))
+    return str(value)
+
+
+def _check_input_size(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 32 <= value <= 1024:
+        raise ConfigError(describe(name, "an image side in pixels, an integer from 32 to 1024", value))
+    return value
+
+
+def _trains_backbone(values: Mapping[str, Any]) -> bool:
+    """Active when some backbone block group trains (freeze depth below 1)."""
+    return float(values.get("freeze_depth", 1.0)) < 1.0
+
+
+def _augments(values: Mapping[str, Any]) -> bool:
+    """Active when the strategy trains on augmented images: the whole backbone trains, or the space
+    opts strategies with a frozen part in (``augment_frozen``)."""
+    return float(values.get("freeze_depth", 1.0)) == 0.0 or bool(values.get("augment_frozen", False))
+
+
+def _setting(field_name: str, convert: Callable[[Any], Any]) -> Callable[[Recipe, Any], Recipe]:
+    """An ``enter`` that sets one :class:`Recipe` field to the converted value."""
+    return lambda recipe, value: replace(recipe, **{field_name: convert(value)})
+
+
+def _drop_path(recipe: Recipe, value: Any) -> Recipe:
+    if not value:  # the default builds the model exactly as before the dimension existed
+        return recipe
+    return replace(recipe, model_kwargs={**recipe.model_kwargs, "drop_path_rate": float(value)})
 
 
 DIMENSIONS: dict[str, Dimension] = {d.name: d for d in (
@@ -292,6 +379,50 @@ DIMENSIONS: dict[str, Dimension] = {d.name: d for d in (
               enter=lambda recipe, value: replace(recipe, weight_decay=float(value)),
               source="AdamW decoupled weight decay (Loshchilov and Hutter, ICLR 2019); default 0.01, "
                      "PyTorch's AdamW default; not applied to biases and norms (timm.optim)"),
+    Dimension("lp_ft", "LP-FT", _check_bool, bool, default=False, active=_trains_backbone, short="lpft",
+              enter=_setting("lp_ft", bool),
+              source="linear probe, then fine-tune (Kumar et al., ICLR 2022): the head is fitted on cached "
+                     "pooled train features before the backbone trains"),
+    Dimension("layer_decay", "layer-wise LR decay", _check_decay, float, default=1.0, ranges=("low", "high", "step"),
+              active=_trains_backbone, short="lld", enter=_setting("layer_decay", float),
+              source="block group i of n at lr * decay^(n - i), the head at lr (BEiT, Bao et al., ICLR 2022; "
+                     "0.65-0.75 in MAE, He et al., CVPR 2022); groups are timm's block groups"),
+    Dimension("l2_sp", "L2-SP", _check_non_negative, float, default=0.0, ranges=("low", "high", "step", "log"),
+              active=_trains_backbone, short="l2sp", enter=_setting("l2_sp", float),
+              source="alpha * ||w - w0||^2 towards the pretrained weights, norms and biases excluded; the "
+                     "backbone then has no weight decay (Li, Grandvalet and Davoine, ICML 2018)"),
+    Dimension("drop_path", "drop path", _check_rate, float, default=0.0, ranges=("low", "high", "step"),
+              active=_trains_backbone, short="dp", enter=_drop_path,
+              source="stochastic depth (Huang et al., ECCV 2016), timm's drop_path_rate"),
+    Dimension("label_smoothing", "label smoothing", _check_rate, float, default=0.0, ranges=("low", "high", "step"),
+              short="ls", enter=_setting("label_smoothing", float),
+              source="Szegedy et al., CVPR 2016; torch.nn.CrossEntropyLoss(label_smoothing), and timm.data.Mixup's "
+                     "for mixed batches"),
+    Dimension("warmup", "warm-up", _check_rate, float, default=0.0, ranges=("low", "high", "step"), short="wu",
+              enter=_setting("warmup", float),
+              source="linear warm-up from 0 over this fraction of all steps (Goyal et al., 2017), "
+                     "timm.scheduler's warmup"),
+    Dimension("grad_clip", "gradient clipping", _check_non_negative, float, default=0.0,
+              ranges=("low", "high", "step"), short="clip", enter=_setting("grad_clip", float),
+              source="clip the gradient's global L2 norm (torch.nn.utils.clip_grad_norm_); 0: none"),
+    Dimension("augment_frozen", "augment frozen", _check_bool, bool, default=False, short="augfz",
+              enter=_setting("augment_frozen", bool),
+              source="opt strategies with a frozen part into augmentation (they then train on images, uncached)"),
+    Dimension("augmentation", "augmentation", _check_augmentation, str, default="crop_flip", active=_augments,
+              short="aug", enter=_setting("augmentation", str),
+              source="crop_flip: timm random resized crop (scale 0.5-1) and flip; rand_augment: timm "
+                     "'rand-m9-mstd0.5-inc1' (Cubuk et al., 2020); trivial_augment: torchvision "
+                     "TrivialAugmentWide (Muller and Hutter, ICCV 2021)"),
+    Dimension("mixup", "mixup", _check_non_negative, float, default=0.0, ranges=("low", "high", "step"),
+              active=_augments, short="mix", enter=_setting("mixup", float),
+              source="mixup alpha (Zhang et al., ICLR 2018), timm.data.Mixup"),
+    Dimension("cutmix", "CutMix", _check_non_negative, float, default=0.0, ranges=("low", "high", "step"),
+              active=_augments, short="cut", enter=_setting("cutmix", float),
+              source="CutMix alpha (Yun et al., ICCV 2019), timm.data.Mixup"),
+    Dimension("input_size", "input size", _check_input_size, int, default=None, short="px",
+              enter=lambda recipe, value: recipe if value is None else replace(recipe, input_size=int(value)),
+              source="square input side in pixels; the eval resize and crop follow it (timm data config); "
+                     "default: the backbone's pretrained size"),
 )}
 """Every declared dimension, in sampling order (a dimension's ``active`` sees those before it)."""
 

@@ -26,7 +26,7 @@ import yaml
 
 from autotransfer.errors import ConfigError, describe
 from autotransfer.space.dimensions import DIMENSIONS, Domain, parse_domain
-from autotransfer.space.strategy import BASELINE_RECIPE, Strategy
+from autotransfer.space.strategy import BASELINE_RECIPE, STRONG_BASELINE_RECIPE, Strategy
 
 __all__ = ["SearchSpace", "bundled_spaces", "load_search_space"]
 
@@ -79,13 +79,29 @@ class SearchSpace:
         """The :data:`~autotransfer.space.strategy.BASELINE_RECIPE` on this space's first backbone.
 
         Recipe dimensions the space names take their defaults, so the baseline trial trains the
-        textbook recipe whatever else the space searches.
+        textbook recipe whatever else the space searches; a dimension whose default is None (the
+        input size: the backbone's own) takes the space's largest choice, since a trial must sample it.
         """
         values: dict[str, Any] = {"backbone": self.backbones[0], **BASELINE_RECIPE}
         for dim in DIMENSIONS.values():
             if dim.name in self.dimensions and dim.name not in values and dim.is_active(values):
-                values[dim.name] = dim.default
+                values[dim.name] = dim.default if dim.default is not None else self._largest(dim.name)
         return Strategy.from_params(values)
+
+    def strong_baseline(self) -> Strategy:
+        """:data:`~autotransfer.space.strategy.STRONG_BASELINE_RECIPE` on this space's first backbone.
+
+        It runs outside the space, so it need not be a point of it; a dimension the recipe does not set
+        keeps its default (the input size: the space's largest choice when the space has one).
+        """
+        values: dict[str, Any] = {"backbone": self.backbones[0], **STRONG_BASELINE_RECIPE}
+        if "input_size" in self.dimensions:
+            values["input_size"] = self._largest("input_size")
+        return Strategy.from_params(values)
+
+    def _largest(self, name: str) -> Any:
+        domain = self.dimensions[name]
+        return max(domain.choices) if domain.choices is not None else domain.high
 
     def including(self, strategy: Strategy) -> tuple[SearchSpace, list[str]]:
         """Widen the space just enough to contain ``strategy`` (the baseline recipe).

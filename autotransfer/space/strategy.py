@@ -9,7 +9,7 @@ from typing import Any
 from autotransfer.errors import ConfigError
 from autotransfer.space.dimensions import DIMENSIONS, Recipe
 
-__all__ = ["BASELINE_RECIPE", "CORE", "Strategy", "family_label", "strategy_family",
+__all__ = ["BASELINE_RECIPE", "CORE", "STRONG_BASELINE_RECIPE", "Strategy", "family_label", "strategy_family",
            "transfer_mode"]
 
 CORE = ("backbone", "freeze_depth", "head_width", "learning_rate")  # required in every space
@@ -21,6 +21,23 @@ Source: the Keras Applications guide, "Fine-tune InceptionV3 on a new set of cla
 (``Dense(1024, activation='relu')`` on the pooled features of a frozen base; 1e-4 for the
 fine-tuning stage). A study runs it as its first trial, on the space's first backbone, so the
 report can show what the search gained over it; every other dimension keeps its default.
+"""
+
+
+STRONG_BASELINE_RECIPE: Mapping[str, float | int] = {
+    "freeze_depth": 0.0, "head_width": 0, "learning_rate": 1e-4, "weight_decay": 1e-3, "layer_decay": 0.9,
+    "warmup": 0.1, "grad_clip": 1.0}
+"""AutoGluon's fixed image recipe: full fine-tuning with a linear head, AdamW at 1e-4, weight decay
+1e-3, layer-wise learning-rate decay 0.9, cosine decay after a linear warm-up over 10% of the steps,
+gradient-norm clipping at 1.
+
+Source: AutoGluon's AutoMM defaults (``optimization.learning_rate: 1.0e-4``, ``optim_type: adamw``,
+``weight_decay: 1.0e-3``, ``lr_choice: layerwise_decay``, ``lr_decay: 0.9``, ``lr_schedule:
+cosine_decay``, ``warmup_steps: 0.1``, ``gradient_clip_algorithm: norm``, ``gradient_clip_val: 1``;
+the "Customize AutoMM" tutorial). Left out: its top-3 checkpoint averaging (greedy soup) and early
+stopping (patience 10), which need checkpoints and val checks within the budget; the epochs and batch
+size are the study's, like every other trial's. A study runs it on the space's first backbone, outside
+the sampled space (:mod:`autotransfer.study.strong_baseline`).
 """
 
 

@@ -29,7 +29,7 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 
 from autotransfer.errors import ConfigError, describe
-from autotransfer.storage.records import CONFIRM_SUFFIX
+from autotransfer.storage.records import COMPANION_SUFFIXES
 
 __all__ = [
     "check_workers",
@@ -206,7 +206,8 @@ def load_existing_study(storage: str, study_name: str | None = None) -> optuna.S
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as err:
         raise ConfigError(f"Cannot read the storage {_redact(storage)!r}: {err}") from err
     if study_name is None:
-        names = [n for n in names if not (n.endswith(CONFIRM_SUFFIX) and n.removesuffix(CONFIRM_SUFFIX) in names)]
+        names = [n for n in names if not any(n.endswith(suffix) and n.removesuffix(suffix) in names
+                                             for suffix in COMPANION_SUFFIXES)]
         if len(names) != 1:
             raise ConfigError(f"The storage {_redact(storage)!r} holds {len(names)} studies {sorted(names)}; "
                               "choose one with --study-name.")

@@ -28,6 +28,8 @@ from autotransfer.space.dimensions import DIMENSIONS
 from autotransfer.space.strategy import family_label, transfer_mode
 
 __all__ = [
+    "BASELINE_SUFFIX",
+    "COMPANION_SUFFIXES",
     "CONFIRM_SUFFIX",
     "FORMAT_VERSION",
     "UNCOUNTED_REASONS",
@@ -97,9 +99,12 @@ class StudyAttr:
     CONFIRM_SKIPPED: Final = "autotransfer.confirm.skipped"  # why the stage did not run (text)
     PATIENCE: Final = "autotransfer.patience"  # {"trials": N, "min_improvement": m}: read by every worker
     SAMPLING_STOPPED: Final = "autotransfer.sampling_stopped"  # why sampling stopped: {"reason", "detail"}
+    STRONG_BASELINE: Final = "autotransfer.strong_baseline"  # {"params", "search": {...}, "repeats": {...}}
 
 
 CONFIRM_SUFFIX: Final = ".confirm"  # the companion study holding the confirmation runs: "<name>.confirm"
+BASELINE_SUFFIX: Final = ".baseline"  # the companion study holding the strong baseline's runs
+COMPANION_SUFFIXES: Final = (CONFIRM_SUFFIX, BASELINE_SUFFIX)  # a search's companions: never chosen as its study
 
 
 # Failed trials that do not use up --n-trials: the strategy was not judged, only cut short.
@@ -169,10 +174,15 @@ def recommended_trial(study: optuna.Study) -> FrozenTrial | None:
     return best_trial(study)
 
 
-def companion_study(study: optuna.Study) -> optuna.Study | None:
-    """The confirmation runs' study (``<name>.confirm``) in the same storage, or None if there is none."""
+def companion_study(study: optuna.Study, suffix: str = CONFIRM_SUFFIX) -> optuna.Study | None:
+    """A companion study in the same storage, or None if there is none.
+
+    Args:
+        study: The search study.
+        suffix: :data:`CONFIRM_SUFFIX` (the confirmation runs) or :data:`BASELINE_SUFFIX` (the strong baseline's).
+    """
     storage = study._storage  # Optuna has no public accessor; its own fail_stale_trials reads it too
-    name = study.study_name + CONFIRM_SUFFIX
+    name = study.study_name + suffix
     if name not in {s.study_name for s in storage.get_all_studies()}:
         return None
     return optuna.load_study(study_name=name, storage=storage)

@@ -171,6 +171,7 @@ class Objective:
         seed_everything(seed)
         recipe = strategy.recipe()
         backbone, data_config = create_backbone(strategy.backbone, self.zoo, model_kwargs=recipe.model_kwargs)
+        data_config = recipe.data_config(data_config)  # the strategy's input size, if it has one
         net = BackboneWithHead.build(backbone, strategy.freeze_depth, strategy.head_width, self.dataset.n_classes)
         freeze = net.freeze_report
         assert freeze is not None  # always set by BackboneWithHead.build

@@ -110,6 +110,7 @@ def refit(
     seed_everything(seed)  # before building: the head's initial weights come from this seed, as in the trial
     recipe = strategy.recipe()
     backbone, data_config = create_backbone(strategy.backbone, local_zoo, model_kwargs=recipe.model_kwargs)
+    data_config = recipe.data_config(data_config)  # the strategy's input size, if it has one
     net = BackboneWithHead.build(backbone, strategy.freeze_depth, strategy.head_width, dataset.n_classes)
     result = fit(net, training, data_config, budget, strategy.learning_rate, seed=seed, device=torch_device,
                  hflip=dataset.root != DIGITS, runtime=runtime, validate=False, recipe=recipe)

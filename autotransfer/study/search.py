@@ -48,6 +48,7 @@ from autotransfer.study.confirm import run_confirmation
 from autotransfer.study.objective import EpochProgress, Objective
 from autotransfer.study.recovery import finished_trials, reclaim_stale_trials, record_run, set_patience
 from autotransfer.study.sampling import make_pruner
+from autotransfer.study.strong_baseline import run_strong_baseline
 from autotransfer.study.workers import WorkerJob, run_worker, run_workers
 from autotransfer.training.runtime import Runtime
 from autotransfer.training.trainer import resolve_device
@@ -416,6 +417,8 @@ def _run(job: WorkerJob, study: optuna.Study) -> None:
                 left = None if settings.timeout is None else settings.timeout - (time.monotonic() - started)
                 run_confirmation(study, replace(job.objective, settings=settings),
                                  budget_seconds=_stage_budget(study, settings.confirm_share, left))
+            run_strong_baseline(study, replace(job.objective, settings=settings),
+                                deadline=None if settings.timeout is None else started + settings.timeout)
         finally:
             if writer is not None:
                 writer.final(study)
@@ -457,7 +460,7 @@ def _baseline_record(space: SearchSpace) -> dict[str, Any]:
     """The baseline strategy of ``space`` and how the space must widen to hold it (validated early)."""
     strategy = space.baseline()
     _, changes = space.including(strategy)
-    return {"params": strategy.as_dict(), "changes": changes}
+    return {"params": strategy.as_dict(), "changes": changes, "strong": space.strong_baseline().as_dict()}
 
 
 def _with_baseline(study: optuna.Study, space: SearchSpace) -> SearchSpace:

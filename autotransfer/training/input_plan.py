@@ -68,9 +68,16 @@ class TrialInputs:
 
 
 def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of a model's architecture name and every tensor of its state dict (names, shapes, bytes)."""
+    """SHA-256 of a model's architecture name and every tensor of its state dict (names, shapes, bytes).
+
+    BatchNorm's ``num_batches_tracked`` counters are left out: they never change an eval-mode output,
+    and freezing drops them (``FrozenBatchNorm2d`` has none), so a partly frozen backbone has the
+    fingerprint of the same weights fully frozen and finds the linear probe's cached features (LP-FT).
+    """
     digest = hashlib.sha256(type(model).__name__.encode())
     for name, tensor in model.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:24]
@@ -94,17 +101,19 @@ def prepare_inputs(net: BackboneWithHead, dataset: ImageDataset, data_config: di
         hflip: Whether augmentation flips horizontally.
         check: Called before every batch of feature extraction.
         validate: Whether to build val inputs too (False for a refit, whose val images are trained on).
-        recipe: The strategy's recipe: its ``train_transform`` replaces the default augmentation, and
-            ``augment_frozen`` makes strategies with a frozen part augment too (nothing is then cached
-            beyond decoded images). Default: :class:`~autotransfer.space.dimensions.Recipe()`.
+        recipe: The strategy's recipe: its ``augmentation`` (and ``train_transform``) decide the
+            training transform, ``augment_frozen`` makes strategies with a frozen part augment too
+            (nothing is then cached beyond decoded images), and a recipe that neither augments nor
+            mixes trains on the cached eval preprocessing. Default: :class:`~autotransfer.space.dimensions.Recipe()`.
 
     Raises:
         BadImageError: An image no longer decodes. Interrupted: a stop was asked for.
     """
     recipe = recipe or Recipe()
-    preprocess = Preprocess.from_config(data_config, hflip=hflip, train_transform=recipe.train_transform)
+    preprocess = Preprocess.from_config(data_config, hflip=hflip, train_transform=recipe.train_transform,
+                                        augmentation=recipe.augmentation)
     backbone_params = list(net.backbone.parameters())
-    augment = recipe.augment_frozen or all(p.requires_grad for p in backbone_params)
+    augment = (recipe.augment_frozen or all(p.requires_grad for p in backbone_params)) and recipe.augments
     frozen = not any(p.requires_grad for p in backbone_params)
     splits = ("train", "val") if validate else ("train",)
     labels = {s: torch.tensor([y for _, y in dataset.splits[s]], dtype=torch.long) for s in splits}
@@ -141,11 +150,13 @@ def pooled_features(net: BackboneWithHead, dataset: ImageDataset, data_config: d
                     splits: tuple[str, ...] = ("train", "val")) -> dict[str, torch.Tensor]:
     """The pooled features a linear-probe trial of ``net`` trains on, from the same cache.
 
-    Built with ``freeze_depth=1.0``, ``net`` has the weights fingerprint of a linear-probe trial's
-    network, so features computed here are found by every such trial (and the other way round).
+    The cache key is the backbone's weights fingerprint (:func:`weights_fingerprint`), which does not
+    depend on how much of it is frozen, so features computed here for any freeze depth (LP-FT's head
+    fit, the screen) are found by every linear-probe trial of the same weights, and the other way round.
 
     Args:
-        net: A fully frozen :class:`~autotransfer.models.network.BackboneWithHead` on ``device``.
+        net: A :class:`~autotransfer.models.network.BackboneWithHead` with its pretrained weights, on
+            ``device``, whole (not split at a frozen prefix); it runs in eval mode.
         dataset: The split dataset.
         data_config: The backbone's timm data config (its eval preprocessing decides the features).
         runtime: Cache and accelerator settings (``cache_dir`` holds the on-disk store).

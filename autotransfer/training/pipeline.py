@@ -26,6 +26,8 @@ from PIL import Image
 from timm.data.loader import PrefetchLoader
 from timm.utils import check_batch_size_retry, decay_batch_step
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
 
 from autotransfer import interrupt
 from autotransfer.data.dataset import DECODE_ERRORS, DIGITS, ImageDataset, open_image
@@ -57,23 +59,43 @@ class Preprocess:
 
     @classmethod
     def from_config(cls, data_config: dict[str, Any], *, hflip: bool = True,
-                    train_transform: Mapping[str, Any] | None = None) -> Preprocess:
+                    train_transform: Mapping[str, Any] | None = None, augmentation: str = "crop_flip") -> Preprocess:
         """Build from ``timm.data.resolve_model_data_config`` output, through ``timm.data.create_transform``.
 
         Args:
             data_config: The backbone's data config.
-            hflip: Whether the default augmentation flips horizontally.
+            hflip: Whether the augmentation flips horizontally.
             train_transform: ``create_transform`` keyword arguments replacing the default
                 augmentation's (``scale=(0.5, 1.0)``, ``hflip``, no colour jitter).
+            augmentation: ``"crop_flip"`` (the default above), ``"rand_augment"`` (then timm's
+                RandAugment ``"rand-m9-mstd0.5-inc1"``), ``"trivial_augment"`` (then torchvision's
+                ``TrivialAugmentWide``, which timm lacks) or ``"none"`` (the eval preprocessing).
         """
         common = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std")}
-        augmentation: dict[str, Any] = {"scale": (0.5, 1.0), "hflip": 0.5 if hflip else 0.0, "color_jitter": None,
-                                        **(train_transform or {})}
-        train = timm.data.create_transform(**common, is_training=True, use_prefetcher=True, **augmentation)
         crop: dict[str, Any] = {"crop_pct": data_config.get("crop_pct"), "crop_mode": data_config.get("crop_mode")}
         evaluation = timm.data.create_transform(**common, **crop, use_prefetcher=True)
         key = fingerprint("eval", common["input_size"], common["interpolation"], crop)
+        options: dict[str, Any] = {"scale": (0.5, 1.0), "hflip": 0.5 if hflip else 0.0, "color_jitter": None,
+                                   **({"auto_augment": RAND_AUGMENT} if augmentation == "rand_augment" else {}),
+                                   **(train_transform or {})}
+        train = (evaluation if augmentation == "none"
+                 else timm.data.create_transform(**common, is_training=True, use_prefetcher=True, **options))
+        if augmentation == "trivial_augment":
+            train = _with_trivial_augment(train, str(common["interpolation"]))
         return cls(train, evaluation, tuple(data_config["mean"]), tuple(data_config["std"]), key)
+
+
+RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
+"""timm's RandAugment policy (Cubuk et al., "RandAugment", CVPR workshops 2020): magnitude 9 with std
+0.5, increasing-severity ops; the setting of timm's ImageNet training recipes."""
+
+
+def _with_trivial_augment(train: Any, interpolation: str) -> Any:
+    """``train`` (timm's crop, flip, to-tensor) with ``TrivialAugmentWide`` (Muller and Hutter, ICCV 2021)
+    on the PIL image before the uint8 conversion."""
+    steps = list(train.transforms)
+    mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
+    return transforms.Compose([*steps[:-1], transforms.TrivialAugmentWide(interpolation=mode), steps[-1]])
 
 
 class UintImages(Dataset[tuple[torch.Tensor, int]]):

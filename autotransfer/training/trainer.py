@@ -1,10 +1,14 @@
 """The trainer: fit one strategy on a budget, evaluating on val after every epoch.
 
-Recipe: AdamW (``timm.optim.create_optimizer_v2``, no weight decay on biases and norms) with a
+Default recipe: AdamW (``timm.optim.create_optimizer_v2``, no weight decay on biases and norms) with a
 per-step cosine schedule (``timm.scheduler.create_scheduler_v2``), cross-entropy loss, light
 augmentation from ``timm.data.create_transform`` (random resized crop at scale 0.5-1 and a
 horizontal flip; no colour jitter, since a budget of a few epochs on small data does not absorb
-strong augmentation). Evaluation uses the weights' own eval transform (resize, centre crop).
+strong augmentation). Evaluation uses the weights' own eval transform (resize, centre crop). The
+strategy's :class:`~autotransfer.space.dimensions.Recipe` changes it: LP-FT's head fit first
+(:mod:`autotransfer.training.linear_probe`), layer-wise decay, L2-SP and warm-up
+(:mod:`autotransfer.training.optim`), label smoothing, mixup and CutMix (:mod:`autotransfer.training.losses`),
+the augmentation, gradient clipping and the input size.
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ from typing import Any
 
 import numpy as np
 import timm.data
-import timm.optim
-import timm.scheduler
+import timm.utils
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
@@ -32,6 +35,9 @@ from autotransfer.models.network import BackboneWithHead
 from autotransfer.settings import Budget
 from autotransfer.space.dimensions import Recipe
 from autotransfer.training.input_plan import TrialInputs, prepare_inputs
+from autotransfer.training.linear_probe import fit_head
+from autotransfer.training.losses import LossFn, make_mixup, mix_batch, training_loss
+from autotransfer.training.optim import make_optimizer, make_scheduler
 from autotransfer.training.pipeline import Preprocess, image_loader, split_images
 from autotransfer.training.runtime import Runtime
 
@@ -59,6 +65,8 @@ class TrainResult:
         epoch_eval_seconds: Seconds in the validation pass, per epoch validated.
         epoch_predictions: Predicted class index of every val image after each epoch validated,
             in split order.
+        head_fit: LP-FT's head fit before training (``seconds``, ``loss_before``, ``loss_after``:
+            train cross-entropy on the pooled features); empty without LP-FT.
     """
 
     metrics: dict[str, float]
@@ -71,6 +79,7 @@ class TrainResult:
     epoch_train_seconds: list[float] = field(default_factory=list)
     epoch_eval_seconds: list[float] = field(default_factory=list)
     epoch_predictions: list[list[int]] = field(default_factory=list)
+    head_fit: dict[str, Any] = field(default_factory=dict)
 
     @property
     def predictions(self) -> list[int]:
@@ -303,22 +312,25 @@ def fit(
     train_seconds: list[float] = []
     eval_seconds: list[float] = []
     predictions: list[list[int]] = []
+    head_fit: dict[str, Any] = {}
+    if recipe.lp_ft and any(p.requires_grad for p in model.backbone.parameters()):
+        head_fit = fit_head(model, dataset, data_config, weight_decay=recipe.weight_decay, runtime=runtime,
+                            device=device, check=lambda: _check_stop(deadline, 1))
     with prepare_inputs(model, dataset, data_config, budget.batch_size, seed=seed, device=device,
                         runtime=runtime, hflip=hflip, check=lambda: _check_stop(deadline, 1),
                         validate=validate, recipe=recipe) as inputs:
         trained: Any = torch.compile(inputs.module) if runtime.compile else inputs.module
-        optimizer = make_optimizer(inputs.module, learning_rate, recipe)
-        loss_fn = _loss(inputs.module, recipe)
-        scheduler, _ = timm.scheduler.create_scheduler_v2(
-            optimizer, sched="cosine", num_epochs=budget.epochs, min_lr=0.0, warmup_epochs=0,
-            step_on_epochs=False, updates_per_epoch=len(inputs.train))
+        optimizer = make_optimizer(inputs.module, learning_rate, recipe, net=model)
+        mixup = make_mixup(recipe, dataset.n_classes) if inputs.augment else None
+        step = _Step(optimizer, training_loss(recipe, inputs.module, mixed=mixup is not None, backbone=model.backbone),
+                     mixup, recipe.grad_clip)
+        scheduler = make_scheduler(optimizer, recipe, epochs=budget.epochs, updates_per_epoch=len(inputs.train))
         for epoch in range(1, budget.epochs + 1):
             def check(epoch: int = epoch) -> None:
                 _check_stop(deadline, epoch)
 
             tick = time.perf_counter()
-            train_loss.append(_train_epoch(trained, inputs, optimizer, scheduler, epoch, device, runtime, check,
-                                           loss_fn))
+            train_loss.append(_train_epoch(trained, inputs, step, scheduler, epoch, device, runtime, check))
             _synchronize(device)
             train_seconds.append(time.perf_counter() - tick)
             if inputs.val is None:
@@ -332,36 +344,17 @@ def fit(
                 stop_reason = f"pruned at epoch {epoch}"
                 break
     return TrainResult(history[-1] if history else {}, len(train_loss), time.perf_counter() - start, stop_reason,
-                       history, inputs.mode, train_loss, train_seconds, eval_seconds, predictions)
+                       history, inputs.mode, train_loss, train_seconds, eval_seconds, predictions, head_fit)
 
 
-def make_optimizer(module: nn.Module, learning_rate: float, recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW over ``module``'s trainable parameters, through ``timm.optim.create_optimizer_v2``.
+@dataclass
+class _Step:
+    """What one optimisation step needs: the optimizer, the loss, batch mixing and gradient clipping."""
 
-    Biases and norm weights get no weight decay (``timm.optim.param_groups_weight_decay``); the
-    recipe's ``param_groups`` rules then edit the groups in turn (e.g. per-layer rates).
-    """
-    if not recipe.param_groups:
-        return timm.optim.create_optimizer_v2(module, opt="adamw", lr=learning_rate, weight_decay=recipe.weight_decay)
-    groups: list[dict[str, Any]] = timm.optim.param_groups_weight_decay(module, recipe.weight_decay)
-    for rule in recipe.param_groups:
-        groups = rule(module, groups)
-    return timm.optim.create_optimizer_v2(groups, opt="adamw", lr=learning_rate, weight_decay=0.0)
-
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _loss(module: nn.Module, recipe: Recipe) -> LossFn:
-    """The training loss of logits ``(B, K)`` and labels ``(B,)``: the recipe's (cross-entropy) plus its terms."""
-    base: LossFn = recipe.loss() if recipe.loss is not None else F.cross_entropy
-    if not recipe.extra_loss:
-        return base
-
-    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return base(logits, labels) + sum((term(module) for term in recipe.extra_loss), torch.zeros(()))
-
-    return loss
+    optimizer: torch.optim.Optimizer
+    loss: LossFn
+    mixup: timm.data.Mixup | None
+    grad_clip: float
 
 
 def _synchronize(device: torch.device) -> None:
@@ -375,15 +368,20 @@ def _check_stop(deadline: float | None, epoch: int) -> None:
         raise TrialTimeout(f"timeout in epoch {epoch}", epochs_done=epoch - 1)
 
 
-def _train_epoch(model: nn.Module, inputs: TrialInputs, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 epoch: int, device: torch.device, runtime: Runtime, check: Callable[[], None],
-                 loss_fn: LossFn) -> float:
-    """One pass over the train batches (each batch's gradient accumulated over micro-batches); the mean loss."""
+def _train_epoch(model: nn.Module, inputs: TrialInputs, step_with: _Step, scheduler: Any, epoch: int,
+                 device: torch.device, runtime: Runtime, check: Callable[[], None]) -> float:
+    """One pass over the train batches (each batch's gradient accumulated over micro-batches); the mean loss.
+
+    A mixing recipe mixes the whole optimisation batch before it is split into micro-batches.
+    """
     model.train()
+    optimizer, loss_fn = step_with.optimizer, step_with.loss
     updates = (epoch - 1) * len(inputs.train)
     loss_sum, n_images = 0.0, 0
     for step, (x, y) in enumerate(inputs.train, start=1):
         check()
+        if step_with.mixup is not None:
+            x, y = mix_batch(step_with.mixup, x, y.to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         micro = runtime.micro_batch_for(device, len(y))
         total = torch.zeros((), device=device)
@@ -397,6 +395,8 @@ def _train_epoch(model: nn.Module, inputs: TrialInputs, optimizer: torch.optim.O
         if not math.isfinite(batch_loss):
             raise TrialFailed(f"diverged: loss is {batch_loss} at epoch {epoch} step {step}")
         loss_sum, n_images = loss_sum + batch_loss * len(y), n_images + len(y)
+        if step_with.grad_clip > 0:
+            timm.utils.dispatch_clip_grad(model.parameters(), step_with.grad_clip, mode="norm")
         optimizer.step()
         updates += 1
         scheduler.step_update(num_updates=updates)

@@ -34,7 +34,7 @@ from autotransfer.storage.records import (
     trial_family,
 )
 
-__all__ = ["Evidence", "collect", "family_ranking", "learning_curves", "pareto_front", "per_class_metrics",
+__all__ = ["Evidence", "collect", "family_ranking", "learning_curves", "mcnemar", "pareto_front", "per_class_metrics",
            "snapshot"]
 
 
@@ -212,8 +212,13 @@ def _trial_row(trial: FrozenTrial) -> dict[str, Any]:
 
 def _paired_test(ev: Evidence, best: FrozenTrial, other: FrozenTrial) -> dict[str, Any]:
     """Exact McNemar test of two trials' val predictions; empty when they were not stored."""
-    labels = ev.val_labels
-    a, b = ev.predictions.get(best.number), ev.predictions.get(other.number)
+    return mcnemar(ev.val_labels, ev.predictions.get(best.number), ev.predictions.get(other.number))
+
+
+def mcnemar(labels: list[int], a: list[int] | None, b: list[int] | None) -> dict[str, Any]:
+    """Exact McNemar test (McNemar, 1947; the binomial form, ``scipy.stats.binomtest``) of two runs' paired
+    val predictions ``(N,)``: ``{"n_val", "gap_images", "only_best", "only_other", "p_value"}``, or ``{}``
+    when either is missing or of another length."""
     if not labels or a is None or b is None or not len(a) == len(b) == len(labels):
         return {}
     truth = np.asarray(labels)

@@ -26,7 +26,7 @@ import plotly.graph_objects as go
 from autotransfer.results.report.evidence import pareto_front
 
 __all__ = ["IMPORTANCE_EVALUATOR", "confusion_figure", "cost_figure", "curves_figure", "history_figure",
-           "importance_figure", "to_plain"]
+           "importance_figure", "importance_left_out", "to_plain"]
 
 IMPORTANCE_EVALUATOR = (
     "fANOVA (Hutter, Hoos and Leyton-Brown, ICML 2014) through Optuna's FanovaImportanceEvaluator "
@@ -54,6 +54,19 @@ def history_figure(study: optuna.Study, metric: str) -> go.Figure | None:
         return None
     fig = optuna.visualization.plot_optimization_history(study, target_name=f"val {metric}")
     return fig.update_layout(**_LAYOUT, title=None)
+
+
+def importance_left_out(study: optuna.Study) -> list[str]:
+    """The parameters Optuna's importance evaluators leave out: sampled in some complete trials, not all.
+
+    ``optuna.importance`` works on the intersection of the complete trials' search spaces, so a
+    conditional dimension (LP-FT, only sampled when some of the backbone trains) drops out of the plot.
+    """
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return []
+    seen = [set(t.params) for t in complete]
+    return sorted(seen[0].union(*seen[1:]) - seen[0].intersection(*seen[1:]))
 
 
 def importance_figure(study: optuna.Study, metric: str) -> tuple[go.Figure | None, str]:
@@ -132,6 +145,9 @@ def _broken_lines(part: pd.DataFrame) -> tuple[list[Any], list[Any], list[Any]]:
 def cost_figure(board: pd.DataFrame, cost: str, title: str, metric: str) -> go.Figure | None:
     """Complete trials' objective value against a cost column, Pareto front marked.
 
+    Each point's label names its trial, family and, where the space searches it, its input size
+    (the largest cost lever on a CPU).
+
     Args:
         board: The leaderboard.
         cost: ``"seconds"`` or ``"trainable_params"``.
@@ -148,7 +164,10 @@ def cost_figure(board: pd.DataFrame, cost: str, title: str, metric: str) -> go.F
     if frame.empty:
         return None
     frame["front"] = pareto_front(frame["value"], frame["cost"])
-    text = [f"trial {n}: {html.escape(f)}" for n, f in zip(frame["number"], frame["family"], strict=True)]
+    sizes = done["params_input_size"].reindex(frame.index) if "params_input_size" in done else None
+    text = [f"trial {n}: {html.escape(f)}" + (f", {int(px)} px" if sizes is not None and pd.notna(px) else "")
+            for n, f, px in zip(frame["number"], frame["family"],
+                                sizes if sizes is not None else [None] * len(frame), strict=True)]
     fig = go.Figure(go.Scatter(x=frame["cost"], y=frame["value"], mode="markers", name="complete trial",
                                text=text, hoverinfo="text+x+y", marker={"color": "#7a9cc6", "size": 7}))
     front = frame[frame["front"]].sort_values("cost")

@@ -43,8 +43,10 @@ from autotransfer.results.report.figures import (
     curves_figure,
     history_figure,
     importance_figure,
+    importance_left_out,
     to_plain,
 )
+from autotransfer.results.report.strong_baseline import strong_baseline_comparison
 from autotransfer.results.status import sampling_stopped
 from autotransfer.settings import SCREEN_SCORES
 from autotransfer.space.dimensions import DIMENSIONS
@@ -152,7 +154,9 @@ def render_report(study: optuna.Study | Evidence) -> str:
         columns=list(headers.values()), rows=_records(board, list(headers.values())),
         baseline_flags=ev.board["baseline"].fillna(False).astype(bool).tolist(),
         best_number=ev.best.number if ev.best else None, importance_evaluator=IMPORTANCE_EVALUATOR,
+        importance_left_out=importance_left_out(study),
         best_val=best_val, best_test=best_test, refit=refit, baseline=baseline_comparison(ev),
+        strong=strong_baseline_comparison(ev),
         excluded=ev.excluded, screen=ev.screen, screen_scores=SCREEN_SCORES, figures=figures, notes=notes,
         plotly_js=_plotly_js(),
     )
