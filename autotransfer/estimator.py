@@ -10,7 +10,10 @@ fitted attributes end in ``_``), so ``sklearn.base.clone``, ``cross_val_score``,
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,20 @@ from autotransfer.space.strategy import Strategy
 from autotransfer.storage.records import recommended_trial
 
 __all__ = ["TransferClassifier"]
+
+
+@contextmanager
+def _verbosity(verbose: int) -> Iterator[None]:
+    """Logging levels of autotransfer and Optuna for the ``with`` block (restored after)."""
+    library = logging.getLogger("autotransfer")
+    old_level, old_optuna = library.level, optuna.logging.get_verbosity()
+    library.setLevel(logging.WARNING if verbose <= 0 else logging.INFO)
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose >= 2 else optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        library.setLevel(old_level)
+        optuna.logging.set_verbosity(old_optuna)
 
 
 class TransferClassifier(ClassifierMixin, BaseEstimator):
@@ -56,6 +73,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         finalists: Strategy families the confirmation stage trains again after the search (0: none); the
             recommendation it decides is what ``best_params_`` and the refit model follow.
         repeats: Confirmation runs per finalist; None: as many as fit half the search's compute.
+        class_weight: ``"balanced"`` weights the training loss by inverse class frequency (scikit-learn's
+            ``compute_class_weight``, per training split, refit included); None: unweighted.
+        verbose: scikit-learn's convention: 0 prints nothing but warnings, 1 autotransfer's progress
+            messages, 2 also Optuna's line per trial.
 
     Attributes:
         classes_: Sorted unique labels of ``y``; column ``k`` of :meth:`predict_proba` is ``classes_[k]``.
@@ -79,7 +100,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                  pruner: str = "hyperband", val_fraction: float = 0.2, baseline: bool = True,
                  zoo: str | Path | Zoo | None = None, seed: int = 0, device: str = "auto",
                  storage: str | None = None, cache_mb: float = 1024.0, finalists: int = 3,
-                 repeats: int | None = None) -> None:
+                 repeats: int | None = None, class_weight: str | None = None, verbose: int = 0) -> None:
         self.space = space
         self.n_trials = n_trials
         self.epochs = epochs
@@ -96,6 +117,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.cache_mb = cache_mb
         self.finalists = finalists
         self.repeats = repeats
+        self.class_weight = class_weight
+        self.verbose = verbose
 
     def fit(self, X: Any, y: Any) -> TransferClassifier:
         """Search on a stratified train/val split of ``X``, then refit the best strategy on all of ``X``.
@@ -117,11 +140,12 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         settings = SearchSettings(n_trials=self.n_trials, timeout=self.timeout, pruner=self.pruner, seed=self.seed,
                                   device=self.device, storage=self.storage, baseline=self.baseline,
                                   finalists=self.finalists, repeats=self.repeats)
-        budget = Budget(epochs=self.epochs, batch_size=self.batch_size, metric=self.metric)
+        budget = Budget(epochs=self.epochs, batch_size=self.batch_size, metric=self.metric,
+                        class_weight=self.class_weight)
         runtime = Runtime(cache_mb=self.cache_mb)
         images = as_image_list(X)
         classes, encoded = np.unique(column_or_1d(y, warn=True), return_inverse=True)
-        with tempfile.TemporaryDirectory(prefix="autotransfer-images-") as folder:
+        with tempfile.TemporaryDirectory(prefix="autotransfer-images-") as folder, _verbosity(self.verbose):
             dataset = images_dataset(images, [int(k) for k in encoded], [str(c) for c in classes], folder=folder,
                                      seed=self.seed, val_fraction=self.val_fraction)
             settings = replace(settings, study_name=f"TransferClassifier-{dataset.fingerprint()[:16]}")

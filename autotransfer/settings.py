@@ -24,6 +24,7 @@ __all__ = ["METRICS", "PRUNERS", "SCREEN_SCORES", "Budget", "SearchSettings", "s
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 PRUNERS = ("hyperband", "median", "sha", "none")
+CLASS_WEIGHTS = (None, "balanced")
 # Transferability scores the screen ranks backbones by (autotransfer.screen.scores), the default first
 SCREEN_SCORES = ("logme", "h_score", "knn", "linear_probe")
 _MAX_SEED = 2**32 - 1  # NumPy's and Optuna's seeds are 32-bit
@@ -52,6 +53,8 @@ class Budget:
             runs fewer, recorded as its ``epochs`` attribute.
         batch_size: Images per optimisation step.
         metric: Validation metric maximised: ``"accuracy"``, ``"balanced_accuracy"`` or ``"macro_f1"``.
+        class_weight: ``"balanced"``: weight the training loss by inverse class frequency of each
+            training split (scikit-learn's ``compute_class_weight``); None: unweighted.
 
     Raises:
         ConfigError: A value is out of range (raised on construction).
@@ -60,12 +63,15 @@ class Budget:
     epochs: int = 3
     batch_size: int = 32
     metric: str = "accuracy"
+    class_weight: str | None = None
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         if self.metric not in METRICS:
             raise ConfigError(describe("metric", f"one of {list(METRICS)}", self.metric))
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise ConfigError(describe("class_weight", "'balanced' or None (unweighted)", self.class_weight))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +103,8 @@ class SearchSettings:
         confirm_share: Compute the stage may spend, as a share of the search's (when ``repeats`` is None).
         patience: Stop sampling after this many finished trials without an improvement larger than
             max(one val image, ``tie_margin``); None: no patience rule.
+        dedupe: Keep one copy of each group of byte-identical images and drop label-conflicted ones when
+            the dataset is scanned (:mod:`autotransfer.data.hygiene`).
         screen: Keep only the ``screen`` backbones of the space that score best on their pooled
             features (:mod:`autotransfer.screen`) before any trial trains; None: no screen.
         screen_score: The score the screen ranks by: one of :data:`SCREEN_SCORES`.
@@ -126,6 +134,7 @@ class SearchSettings:
     screen: int | None = None
     screen_score: str = SCREEN_SCORES[0]
     patience: int | None = None
+    dedupe: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("n_trials", self.n_trials, optional=True)
@@ -162,6 +171,8 @@ class SearchSettings:
                                        self.confirm_share))
         _positive_int("screen", self.screen, optional=True)
         _positive_int("patience", self.patience, optional=True)
+        if not isinstance(self.dedupe, bool):
+            raise ConfigError(describe("dedupe", "True or False", self.dedupe))
         if self.screen_score not in SCREEN_SCORES:
             raise ConfigError(describe("screen_score", f"one of {list(SCREEN_SCORES)}", self.screen_score))
         if self.out is not None and not isinstance(self.out, Path):

@@ -96,3 +96,17 @@ def test_bad_input_is_refused_before_training(test_model_zoo: Path, tiny_space: 
         estimator.fit([np.full((8, 8), 16.0)] * 4, [0, 1, 0, 1])
     with pytest.raises(ConfigError, match="'metric' must be one of"):
         clone(estimator).set_params(metric="auc").fit(ok, [0, 1, 0, 1])
+
+
+def test_verbose_zero_is_silent_and_two_shows_optunas_trial_lines(test_model_zoo: Path, tiny_space: dict[str, object],
+                                                                 capfd: pytest.CaptureFixture[str]) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    X, y = digits.images[:60] / 16.0, digits.target[:60] % 2
+    _classifier(test_model_zoo, tiny_space, n_trials=1).fit(X, y)  # verbose=0, the default
+    out, err = capfd.readouterr()
+    assert "Trial 0 finished" not in out + err and "A new study created" not in out + err
+    _classifier(test_model_zoo, tiny_space, n_trials=1, verbose=2).fit(X, y)
+    out, err = capfd.readouterr()
+    assert "Trial 0 finished" in out + err

@@ -68,3 +68,27 @@ def test_cli_example_runs(tmp_path: Path, tiny_hymenoptera: Path) -> None:
     reported = re.search(r"Val: accuracy (\d\.\d{4})", run.stdout)
     reproduced = re.search(r"accuracy of the exported model on these 60 images: (\d\.\d{4})", run.stdout)
     assert reported and reproduced and reported.group(1) == reproduced.group(1)
+
+
+def test_the_cluster_examples_parse_and_their_commands_are_valid() -> None:
+    import shlex
+
+    import yaml
+
+    from autotransfer.cli.main import build_parser
+
+    script = EXAMPLES / "slurm_array.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text(encoding="utf-8")
+    assert "#SBATCH --array=" in text
+    command = re.search(r"srun (autotransfer search .*?[^\\])\n", text, flags=re.S)
+    assert command is not None
+    words = shlex.split(re.sub(r"\$\{?\w+\}?", "X", command.group(1).replace("\\\n", " ")))
+    args = build_parser().parse_args(words[1:])
+    assert args.command == "search" and args.storage == "X" and args.finalists == 0
+    (job,) = list(yaml.safe_load_all((EXAMPLES / "kubernetes_job.yaml").read_text(encoding="utf-8")))
+    assert job["kind"] == "Job" and job["spec"]["parallelism"] == 8
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    assert args.command == "search" and args.study_name == "flowers" and args.storage == "$(AUTOTRANSFER_DB)"
+    assert {e["name"] for e in container["env"]} >= {"AUTOTRANSFER_DB", "AUTOTRANSFER_ZOO"}

@@ -96,3 +96,12 @@ def test_every_recipe_dimension_trains_on_cuda(digits_small: ImageDataset, freez
     plain = Recipe(lp_ft=True, layer_decay=0.75, l2_sp=0.01, augmentation="none")
     cached, uncached = (_fit(digits_small, freeze, Runtime(cache=c), plain) for c in (True, False))
     assert cached.metrics["accuracy"] == pytest.approx(uncached.metrics["accuracy"], abs=0.01)  # type: ignore[attr-defined]
+
+
+def test_class_weights_on_cuda(digits_small: ImageDataset) -> None:
+    torch.manual_seed(0)
+    net = BackboneWithHead.build(timm.create_model("test_resnet", num_classes=0), 0.0, 16, 10)
+    for recipe in (Recipe(), Recipe(mixup=0.2, augmentation="none")):
+        result = fit(net, digits_small, CONFIG, Budget(epochs=1, batch_size=32, class_weight="balanced"), 3e-3,
+                     seed=0, device=torch.device("cuda"), hflip=False, runtime=Runtime(), recipe=recipe)
+        assert np.isfinite(result.train_loss[0])

@@ -141,6 +141,20 @@ def test_augmentation_choices_build_their_transforms() -> None:
     assert none.train is none.eval
 
 
+def test_rand_augment_posterize_at_the_top_magnitude_does_not_fail() -> None:
+    from PIL import Image
+
+    rand = Preprocess.from_config(dict(CONFIG), augmentation="rand_augment")
+    step = next(t for t in rand.train.transforms if hasattr(t, "ops"))  # type: ignore[attr-defined]
+    posterize = next(op for op in step.ops if op.name == "PosterizeIncreasing")
+    posterize.prob, posterize.magnitude, posterize.magnitude_std = 1.0, 10, 0  # 0 bits before the guard
+    image = Image.new("RGB", (32, 32), (200, 120, 40))
+    out = posterize(image)
+    assert out.size == (32, 32) and max(out.getpixel((0, 0))) == 128  # one bit kept: 200 -> 128, 120 -> 0
+    for _ in range(50):  # the whole policy, at random magnitudes
+        rand.train(image)
+
+
 def test_a_recipe_without_augmentation_trains_full_fine_tuning_on_cached_images(digits_small: ImageDataset) -> None:
     for recipe, augment in ((Recipe(), True), (Recipe(augmentation="none"), False),
                             (Recipe(augmentation="none", mixup=0.2), True)):

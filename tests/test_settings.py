@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from autotransfer import Budget, ConfigError, Runtime, SearchSettings, load_existing_study, search
+from autotransfer import Budget, ConfigError, Runtime, SearchSettings, WeightsNotFoundError, load_existing_study, search
 from autotransfer.cli import model_commands
 from autotransfer.cli.main import main
 from autotransfer.settings import split_options
@@ -121,3 +122,55 @@ def test_refit_takes_the_runtime_flags_of_search(tmp_path: Path, monkeypatch: py
     assert Path(runtime.cache_dir) == tmp_path / "s" / "cache"  # the search's feature cache
     assert main(["refit", "--storage", storage, "--out", str(tmp_path / "m"), "--no-cache"]) == 1
     assert seen["runtime"].cache is False and seen["runtime"].cache_dir is None
+
+
+def _broken_zoo(tmp_path: Path, suffix: str) -> Path:
+    (tmp_path / f"broken{suffix}").write_text("<html>504 Gateway Time-out</html>")  # a failed download
+    zoo = {"broken.local": {"architecture": "test_resnet", "file": f"broken{suffix}",
+                            "pretrained_cfg": {"input_size": [3, 32, 32], "num_classes": 0}}}
+    path = tmp_path / "zoo.yaml"
+    path.write_text(yaml.safe_dump(zoo))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_a_zoo_file_that_is_not_weights_stops_the_search_before_any_trial(
+        tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str], tiny_space: dict[str, object]) -> None:
+    zoo = _broken_zoo(tmp_path, suffix)
+    space = {**tiny_space, "backbone": ["broken.local"]}
+    with pytest.raises(WeightsNotFoundError, match=rf"Zoo entry 'broken.local' .* names '.*broken{suffix}', "
+                                                   "which is not a weights file"):
+        search("digits", space=space, zoo=zoo, n_trials=1, out=tmp_path / "out")
+    assert not (tmp_path / "out" / "study.db").exists()  # no study, no trial
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    assert main(["search", "digits", "--space", str(space_file), "--zoo", str(zoo), "--out",
+                 str(tmp_path / "cli")]) == 1
+    err = capsys.readouterr().err
+    assert "autotransfer: error: Zoo entry 'broken.local'" in err and "Traceback" not in err
+
+
+def test_a_failed_hub_download_stops_the_search_before_any_trial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_space: dict[str, object]) -> None:
+    from autotransfer.models import zoo as zoo_module
+
+    calls: list[str] = []
+
+    def offline(name: str, **kwargs: object) -> None:
+        calls.append(name)
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(zoo_module.timm, "create_model", offline)
+    space = {**tiny_space, "backbone": ["resnet18.a1_in1k"]}
+    with pytest.raises(WeightsNotFoundError, match=r"'resnet18.a1_in1k' could not be downloaded .* --zoo FILE"):
+        search("digits", space=space, n_trials=3, out=tmp_path / "out")
+    assert calls == ["resnet18.a1_in1k"]  # once, in the launching process: no trial tried it
+    assert not (tmp_path / "out" / "study.db").exists()
+
+
+def test_an_unwritable_out_is_refused_before_the_dataset_is_scanned(tmp_path: Path, test_model_zoo: Path,
+                                                                    tiny_space: dict[str, object]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cannot be written"):  # the folder's error, not the dataset's
+        search("no-such-folder", space=tiny_space, zoo=test_model_zoo, out=blocker / "out")

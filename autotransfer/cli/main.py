@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from autotransfer import interrupt
+from autotransfer import interrupt, progress
 from autotransfer._version import __version__
 from autotransfer.errors import AutotransferError
 from autotransfer.logs import configure_logging
@@ -51,18 +51,23 @@ class _Progress:
     def __init__(self, n_trials: int | None, epochs: int) -> None:
         self.n_trials, self.epochs, self.start = n_trials, epochs, time.perf_counter()
 
+    bar: progress.Bar | None = None  # the trials done against --n-trials, on a terminal
+
     def epoch(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
         p = trial.params
         strategy = " ".join(f"{dim.short} {dim.format(p[name])}".strip() for name, dim in DIMENSIONS.items()
                             if name in p)
-        print(f"trial {trial.number}{self._of()} epoch {epoch}/{self.epochs}  val acc {metrics['accuracy']:.4f}"
-              f"  [{strategy}]  {self._best(trial.study)}", flush=True)
+        progress.write(f"trial {trial.number}{self._of()} epoch {epoch}/{self.epochs}  val acc "
+                       f"{metrics['accuracy']:.4f}  [{strategy}]  {self._best(trial.study)}")
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         reason = stop_reason(trial)
-        print(f"trial {trial.number} {trial.state.name.lower()} ({reason}) in "
-              f"{trial.user_attrs.get(TrialAttr.SECONDS, 0.0):.1f} s  {self._best(study)}  "
-              f"elapsed {time.perf_counter() - self.start:.0f} s", flush=True)
+        progress.write(f"trial {trial.number} {trial.state.name.lower()} ({reason}) in "
+                       f"{trial.user_attrs.get(TrialAttr.SECONDS, 0.0):.1f} s  {self._best(study)}  "
+                       f"elapsed {time.perf_counter() - self.start:.0f} s")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(self._best(study))
 
     def _of(self) -> str:
         return f"/{self.n_trials}" if self.n_trials else ""
@@ -170,6 +175,10 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     rf.add_argument("--train-on", default="auto", choices=["auto", "train", "train+val"], help="auto (default): "
                     "train+val when the dataset has a test split, else train, evaluated once on val")
     _add_stored_inputs(rf)
+    ex = sub.add_parser("export", help="export a saved model (autotransfer refit --out) to ONNX")
+    ex.add_argument("model", type=Path, help="model folder (from autotransfer refit --out or TransferModel.save)")
+    ex.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="ONNX file to write: input 'images' "
+                    "(B, 3, H, W), output 'probabilities' (B, K); classes and preprocessing in its metadata")
     pr = sub.add_parser("predict", help="predict the class of images with a saved model; writes a CSV")
     pr.add_argument("model", type=Path, help="model folder (from autotransfer refit --out or TransferModel.save)")
     pr.add_argument("images", nargs="+", help="image files or folders (searched recursively for images)")
@@ -195,6 +204,10 @@ def _add_common(p: argparse.ArgumentParser, *, n_trials: int, epochs: int, space
     p.add_argument("--no-baseline", action="store_true", help="do not run the baselines in a new study: the textbook "
                    "recipe (frozen backbone, Dense(1024) head, lr 1e-4) as its first trial, and AutoGluon's "
                    "fixed image recipe after the search, outside the sampled space")
+    p.add_argument("--class-weight", choices=["balanced"], help="weight the training loss by inverse class "
+                   "frequency of each training split (scikit-learn's compute_class_weight; default: unweighted)")
+    p.add_argument("--dedupe", action="store_true", help="keep one copy of each group of byte-identical images "
+                   "and drop copies filed under different classes (label conflicts) when scanning")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (journal file or "
                    "PostgreSQL storage; not SQLite) (default: 1)")
     p.add_argument("--trial-timeout", type=float, metavar="SECONDS", help="end a trial that runs longer than this "
@@ -235,15 +248,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ignored (a background job of a script): restore Python's KeyboardInterrupt handler.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     configure_logging(logging.WARNING if args.quiet else logging.INFO)
+    progress.enable(sys.stderr.isatty() and not args.quiet)  # bars on a terminal only: logs stay plain lines
     if args.command in ("report", "status"):
         return _read_only(args)
-    if args.command in ("refit", "predict", "confirm", "screen"):
-        from autotransfer.cli.model_commands import confirm_command, predict_command, refit_command  # PyTorch
+    if args.command in ("refit", "predict", "confirm", "screen", "export"):
+        from autotransfer.cli.model_commands import (  # PyTorch
+            confirm_command,
+            export_command,
+            predict_command,
+            refit_command,
+        )
         from autotransfer.cli.screen_command import screen_command
 
         try:
             if args.command == "screen":
                 return screen_command(args, runtime_options(args))
+            if args.command == "export":
+                return export_command(args)
             if args.command == "confirm":
                 with interrupt.graceful_stop(hard_exit=True):
                     return confirm_command(args, runtime_options(args), confirm_options(args))
@@ -265,18 +286,22 @@ def _search(args: argparse.Namespace) -> int:
     data = "digits" if args.command == "demo" else args.data
     name = getattr(args, "study_name", None) or ("demo" if args.command == "demo" else Path(data).name)
     out = args.out or Path("reports") / name
-    progress = _Progress(args.n_trials, args.epochs)
+    tracker = _Progress(args.n_trials, args.epochs)
     try:
         settings = SearchSettings(
             n_trials=args.n_trials, timeout=args.timeout, trial_timeout=args.trial_timeout, pruner=args.pruner,
             seed=args.seed, device=args.device, storage=getattr(args, "storage", None), study_name=name, out=out,
             workers=args.workers, heartbeat_interval=args.heartbeat_interval, baseline=not args.no_baseline,
             screen=args.screen, screen_score=args.screen_score, patience=getattr(args, "patience", None),
+            dedupe=getattr(args, "dedupe", False),
             **confirm_options(args))
-        budget = Budget(epochs=args.epochs, batch_size=args.batch_size, metric=args.metric)
-        result = search(data, space=args.space, settings=settings, budget=budget,
-                        runtime=Runtime(**runtime_options(args)), zoo=args.zoo, on_epoch=progress.epoch,
-                        callbacks=[progress])
+        budget = Budget(epochs=args.epochs, batch_size=args.batch_size, metric=args.metric,
+                        class_weight=getattr(args, "class_weight", None))
+        with progress.bar("trials", total=args.n_trials, unit="trial", leave=True) as shown:
+            tracker.bar = shown if args.workers == 1 else None  # with workers the callbacks run (pickled) in them
+            result = search(data, space=args.space, settings=settings, budget=budget,
+                            runtime=Runtime(**runtime_options(args)), zoo=args.zoo, on_epoch=tracker.epoch,
+                            callbacks=[tracker])
     except AutotransferError as err:
         print(f"autotransfer: error: {err}", file=sys.stderr)
         return 1

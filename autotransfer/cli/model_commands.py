@@ -33,7 +33,8 @@ from autotransfer.study.strong_baseline import run_strong_baseline
 from autotransfer.training.runtime import Runtime
 from autotransfer.training.trainer import resolve_device
 
-__all__ = ["confirm_command", "image_files", "predict_command", "predictions_table", "refit_command"]
+__all__ = ["confirm_command", "export_command", "image_files", "predict_command", "predictions_table",
+           "refit_command"]
 
 
 def _runtime(storage: str, options: dict[str, Any]) -> tuple[OutputFolder | None, Runtime]:
@@ -142,6 +143,16 @@ def predictions_table(files: list[Path], labels: list[str], probabilities: list[
     table = pd.DataFrame({"image": [str(f) for f in files], "label": labels})
     probs = pd.DataFrame(probabilities, columns=[f"prob_{c}" for c in classes])
     return pd.concat([table, probs], axis=1)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """``autotransfer export MODEL --onnx FILE``: write a saved model as ONNX; exit status 0."""
+    model = load_model(args.model)
+    path = model.export_onnx(args.onnx)
+    shape = ", ".join(map(str, model.input_size))
+    print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB): input 'images' (B, {shape}) float32, output "
+          f"'probabilities' (B, {model.n_classes}); classes and preprocessing in its metadata")
+    return 0
 
 
 def predict_command(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ training starts.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from autotransfer.data import hygiene
 from autotransfer.errors import DataError, describe
 
 __all__ = ["DECODE_ERRORS", "DIGITS", "IMAGE_EXTENSIONS", "ImageDataset", "decode_error", "load_dataset",
@@ -55,6 +57,8 @@ class ImageDataset:
         excluded: ``(path, reason)`` for every file that could not be decoded.
         split_method: ``"folders"`` (given train/val folders) or ``"stratified"`` (split here).
         split_seed: Seed of the stratified split (None for given folders).
+        hygiene: What the scan found (:func:`autotransfer.data.hygiene.hygiene_record`): groups of
+            byte-identical files, label conflicts, copies across splits, image sizes; {} when not scanned.
     """
 
     name: str
@@ -64,6 +68,7 @@ class ImageDataset:
     excluded: list[tuple[str, str]] = field(default_factory=list)
     split_method: str = "stratified"
     split_seed: int | None = None
+    hygiene: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def n_classes(self) -> int:
@@ -128,8 +133,12 @@ def load_dataset(
     seed: int = 0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    dedupe: bool = False,
 ) -> ImageDataset:
     """Scan, validate and split a dataset.
+
+    Every file is decoded and hashed (SHA-256): byte-identical files, label conflicts and copies across
+    splits are recorded in :attr:`ImageDataset.hygiene` (:mod:`autotransfer.data.hygiene`).
 
     Args:
         data: An ImageFolder directory, a directory with ``train/`` and ``val/`` (and optionally
@@ -137,6 +146,8 @@ def load_dataset(
         seed: Seed of the stratified split (unsplit data only).
         val_fraction: Fraction of images for validation when splitting here.
         test_fraction: Fraction of images for the test split when splitting here.
+        dedupe: Keep one copy of each group of identical files (before splitting; for given folders
+            the copy in test, else val) and drop every copy of a label-conflicted one.
 
     Returns:
         The validated, split dataset.
@@ -155,30 +166,67 @@ def load_dataset(
         raise DataError(describe("data", "an image folder, a folder with train/ and val/, or 'digits'",
                                  str(data)))
     if (root / "train").is_dir() and (root / "val").is_dir():
-        return _presplit_dataset(root)
-    classes, samples, excluded = _scan(root, root)
+        return _presplit_dataset(root, dedupe)
+    found = _Found()
+    classes, samples, excluded = _scan(root, root, found)
+    dropped = None
+    if dedupe:
+        pool, dropped = hygiene.dedupe({"train": samples}, hygiene.duplicate_groups(found.digests, {"train": samples},
+                                                                                     classes))
+        samples = pool["train"]
+        _check_counts(samples, classes, root, 2, f"after --dedupe dropped {len(dropped)} file(s)")
     splits = stratified_split(samples, len(classes), seed, val_fraction, test_fraction)
-    return ImageDataset(root.name, str(root), classes, splits, excluded, "stratified", seed)
+    return ImageDataset(root.name, str(root), classes, splits, excluded, "stratified", seed,
+                        found.record(splits, classes, dropped))
 
 
-def _presplit_dataset(root: Path) -> ImageDataset:
-    classes, train, excluded = _scan(root / "train", root)
+def _presplit_dataset(root: Path, dedupe: bool) -> ImageDataset:
+    found = _Found()
+    classes, train, excluded = _scan(root / "train", root, found)
     splits: dict[str, list[Sample]] = {"train": train}
     for name in ("val", "test"):
         folder = root / name
         if not folder.is_dir():
             splits[name] = []
             continue
-        split_classes, items, bad = _scan(folder, root, min_per_class=1)
+        split_classes, items, bad = _scan(folder, root, found, min_per_class=1)
         if split_classes != classes:
             raise DataError(f"The classes of {folder} {list(split_classes)} differ from those of "
                             f"{root / 'train'} {list(classes)}; every split needs the same class folders.")
         splits[name] = items
         excluded += bad
-    return ImageDataset(root.name, str(root), classes, splits, excluded, "folders", None)
+    dropped = None
+    if dedupe:
+        splits, dropped = hygiene.dedupe(splits, hygiene.duplicate_groups(found.digests, splits, classes))
+        _check_counts(splits["train"], classes, root / "train", 2, f"after --dedupe dropped {len(dropped)} file(s)")
+    return ImageDataset(root.name, str(root), classes, splits, excluded, "folders", None,
+                        found.record(splits, classes, dropped))
 
 
-def _scan(folder: Path, root: Path, min_per_class: int = 2
+@dataclass
+class _Found:
+    """What the scan read of every decodable file: its SHA-256 and its size."""
+
+    digests: dict[str, str] = field(default_factory=dict)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    def record(self, splits: dict[str, list[Sample]], classes: Sequence[str],
+               dropped: list[str] | None) -> dict[str, Any]:
+        groups = hygiene.duplicate_groups(self.digests, splits, classes)
+        counts = Counter(classes[label] for items in splits.values() for _, label in items)
+        return hygiene.hygiene_record(groups, self.sizes, len(self.digests), dropped,
+                                      {name: counts[name] for name in classes})
+
+
+def _check_counts(samples: Sequence[Sample], classes: Sequence[str], folder: Path, minimum: int, why: str) -> None:
+    counts = Counter(label for _, label in samples)
+    for label, name in enumerate(classes):
+        if counts[label] < minimum:
+            raise DataError(f"Class {name!r} in {folder} has {counts[label]} image(s) {why}; each class needs at "
+                            f"least {minimum}.")
+
+
+def _scan(folder: Path, root: Path, found: _Found, min_per_class: int = 2
           ) -> tuple[tuple[str, ...], list[Sample], list[tuple[str, str]]]:
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(class_dirs) < 2:
@@ -194,17 +242,32 @@ def _scan(folder: Path, root: Path, min_per_class: int = 2
             if not resolved.is_relative_to(root):
                 excluded.append((str(path), f"resolves outside the dataset root {root}"))
                 continue
-            reason = decode_error(resolved)
+            reason, digest, size = _inspect(resolved)
             if reason:
                 excluded.append((str(path), reason))
             else:
-                samples.append((path.relative_to(root).as_posix(), label))
+                key = path.relative_to(root).as_posix()
+                samples.append((key, label))
+                found.digests[key] = digest
+                found.sizes.append(size)
     counts = Counter(label for _, label in samples)
     for label, class_dir in enumerate(class_dirs):
         if counts[label] < min_per_class:
             raise DataError(f"Class {class_dir.name!r} in {folder} has {counts[label]} decodable image(s); "
                             f"each class needs at least {min_per_class}. Excluded: {excluded[:5]}")
     return tuple(p.name for p in class_dirs), samples, excluded
+
+
+def _inspect(path: Path) -> tuple[str | None, str, tuple[int, int]]:
+    """``(why it cannot be decoded or None, SHA-256 of its bytes, (width, height))``: one read of the file."""
+    try:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            size = img.size
+    except DECODE_ERRORS as err:
+        return f"{type(err).__name__}: {err}", "", (0, 0)
+    return None, hashlib.sha256(data).hexdigest(), (int(size[0]), int(size[1]))
 
 
 def decode_error(path: Path) -> str | None:
@@ -263,4 +326,6 @@ def _digits_dataset(seed: int, val_fraction: float, test_fraction: float) -> Ima
     _, targets = _digits()
     samples = [(f"{DIGITS}/{i}", int(y)) for i, y in enumerate(targets)]
     splits = stratified_split(samples, 10, seed, val_fraction, test_fraction)
-    return ImageDataset(DIGITS, DIGITS, tuple(str(i) for i in range(10)), splits, [], "stratified", seed)
+    return ImageDataset(DIGITS, DIGITS, tuple(str(i) for i in range(10)), splits, [], "stratified", seed,
+                        hygiene.hygiene_record([], [(8, 8)] * len(samples), 0, None,
+                                               dict(Counter(str(y) for _, y in samples))))

@@ -246,6 +246,18 @@ class TransferModel:
         atomic_write_text(out / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
         return out
 
+    def export_onnx(self, path: str | Path) -> Path:
+        """Write the model as ONNX (:func:`autotransfer.deploy.onnx_export.export_onnx`): input ``images``
+        ``(B, 3, H, W)`` float32 preprocessed as ``data_config`` says, output ``probabilities`` ``(B, K)``,
+        the class names and preprocessing in the file's metadata.
+
+        Raises:
+            ConfigError: The ``onnx`` extra is not installed. ModelError: The exporter failed.
+        """
+        from autotransfer.deploy.onnx_export import export_onnx
+
+        return export_onnx(self, path)
+
     def __repr__(self) -> str:
         s = self.strategy
         return (f"TransferModel(backbone={self.backbone.name!r}, freeze_depth={s.get('freeze_depth')}, "

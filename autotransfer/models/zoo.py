@@ -16,6 +16,7 @@ error naming what was tried, never a silent random initialisation.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ from torch import nn
 
 from autotransfer.errors import ConfigError, WeightsNotFoundError, describe
 
-__all__ = ["ZOO_ENV", "Zoo", "ZooEntry", "check_backbones", "create_backbone", "feature_dim", "load_zoo"]
+__all__ = ["ZOO_ENV", "Zoo", "ZooEntry", "check_backbones", "create_backbone", "feature_dim", "load_zoo",
+           "resolve_weights", "smallest_input_side"]
 
 ZOO_ENV = "AUTOTRANSFER_ZOO"
 _ENTRY_KEYS = {"architecture", "file", "model_kwargs", "pretrained_cfg", "source"}
@@ -139,6 +141,76 @@ def check_backbones(names: list[str], zoo: Zoo) -> None:
                 f"and timm lists no pretrained weights of that name (see timm.list_pretrained()). "
                 f"Pass --zoo FILE or set ${ZOO_ENV}, or use a timm name such as 'resnet18.a1_in1k'."
             )
+
+
+def resolve_weights(names: list[str], zoo: Zoo) -> None:
+    """Make sure every backbone's weights are there before a study starts; download hub weights once.
+
+    A zoo entry's file must load as weights: a safetensors file's header is read (``safetensors.safe_open``,
+    which does not read the tensors), any other file is opened by ``torch.load(weights_only=True,
+    mmap=True)``. A timm hub backbone is built once with ``pretrained=True``, which downloads its weights
+    into the Hugging Face cache (with the hub's own progress bar) so that no trial and no worker process
+    downloads; a backbone already in the cache costs one model build.
+
+    Args:
+        names: Backbone names from a search space.
+        zoo: The local zoo.
+
+    Raises:
+        WeightsNotFoundError: A zoo file is not a weights file (a truncated download, a text file), or a hub
+            download failed; the message names the backbone, the file or the download, and what to do.
+    """
+    for name in names:
+        if name in zoo:
+            _check_weights_file(name, zoo)
+            continue
+        try:
+            timm.create_model(name, pretrained=True, num_classes=0)
+        except Exception as err:  # timm raises many kinds (HTTP, OSError, RuntimeError, ...)
+            raise WeightsNotFoundError(
+                f"The pretrained weights of backbone {name!r} could not be downloaded from the Hugging Face hub: "
+                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. On a machine without hub "
+                f"access pass --zoo FILE (or set ${ZOO_ENV}) with a local weights file for it, or remove it from "
+                "the search space.") from err
+
+
+def _check_weights_file(name: str, zoo: Zoo) -> None:
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    path = zoo.entries[name].file
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as weights:
+                if not list(weights.keys()):
+                    raise ValueError("it holds no tensors")
+        else:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError, IndexError, EOFError, KeyError,
+            pickle.UnpicklingError) as err:
+        raise WeightsNotFoundError(
+            f"Zoo entry {name!r} ({zoo.path}) names {str(path)!r}, which is not a weights file "
+            f"({type(err).__name__}: {err}). Replace the file (a truncated download?) or remove the entry's "
+            "backbone from the search space.") from err
+
+
+def smallest_input_side(names: list[str], zoo: Zoo) -> int | None:
+    """The smallest input side (px) of the backbones' pretrained configs (zoo entry, else timm's registry)."""
+    sides = []
+    for name in names:
+        config: Mapping[str, Any] = zoo.entries[name].pretrained_cfg if name in zoo else _timm_config(name)
+        size = config.get("input_size")
+        if size:
+            sides.append(int(size[-1]))
+    return min(sides) if sides else None
+
+
+def _timm_config(name: str) -> dict[str, Any]:
+    try:
+        config = timm.models.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError, KeyError):
+        return {}
+    return config.to_dict() if config is not None else {}
 
 
 def _zoo_tried(zoo: Zoo) -> str:

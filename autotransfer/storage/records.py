@@ -100,6 +100,7 @@ class StudyAttr:
     PATIENCE: Final = "autotransfer.patience"  # {"trials": N, "min_improvement": m}: read by every worker
     SAMPLING_STOPPED: Final = "autotransfer.sampling_stopped"  # why sampling stopped: {"reason", "detail"}
     STRONG_BASELINE: Final = "autotransfer.strong_baseline"  # {"params", "search": {...}, "repeats": {...}}
+    HYGIENE: Final = "autotransfer.hygiene"  # the scan's duplicates, label conflicts and image sizes
 
 
 CONFIRM_SUFFIX: Final = ".confirm"  # the companion study holding the confirmation runs: "<name>.confirm"
@@ -113,8 +114,12 @@ _LEGACY_WEIGHT_DECAY = 0.01  # format 0 stored it in the budget, always this val
 
 
 def budget_record(budget: Budget) -> dict[str, Any]:
-    """The budget as the stored configuration holds it."""
-    return {"epochs": budget.epochs, "batch_size": budget.batch_size, "metric": budget.metric}
+    """The budget as the stored configuration holds it (``class_weight`` only when set, so studies made
+    before it existed compare equal)."""
+    record: dict[str, Any] = {"epochs": budget.epochs, "batch_size": budget.batch_size, "metric": budget.metric}
+    if budget.class_weight is not None:
+        record["class_weight"] = budget.class_weight
+    return record
 
 
 def read_budget(config: dict[str, Any], *, epochs: int | None = None, batch_size: int | None = None) -> Budget:
@@ -122,7 +127,7 @@ def read_budget(config: dict[str, Any], *, epochs: int | None = None, batch_size
     stored = config["budget"]
     return Budget(epochs=int(stored["epochs"]) if epochs is None else epochs,
                   batch_size=int(stored["batch_size"]) if batch_size is None else batch_size,
-                  metric=str(stored["metric"]))
+                  metric=str(stored["metric"]), class_weight=stored.get("class_weight"))
 
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:

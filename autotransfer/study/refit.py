@@ -30,7 +30,7 @@ from autotransfer.data.dataset import DIGITS, ImageDataset, open_image
 from autotransfer.deploy.model import BackboneSpec, TransferModel
 from autotransfer.errors import ConfigError, DataError, StudyMismatchError, describe
 from autotransfer.models.network import BackboneWithHead
-from autotransfer.models.zoo import Zoo, check_backbones, create_backbone, load_zoo
+from autotransfer.models.zoo import Zoo, check_backbones, create_backbone, load_zoo, resolve_weights
 from autotransfer.settings import METRICS, Budget
 from autotransfer.space.strategy import CORE, Strategy
 from autotransfer.storage.records import StudyAttr, TrialAttr, read_budget, read_config, recommended_trial
@@ -97,6 +97,7 @@ def refit(
     dataset = _check_dataset(dataset, config) if dataset is not None else stored_dataset(study, data)
     local_zoo = resolve_zoo(zoo, stored.get("zoo"))
     check_backbones([strategy.backbone], local_zoo)
+    resolve_weights([strategy.backbone], local_zoo)
     torch_device = resolve_device(device)
     runtime = runtime or Runtime()
     mode = train_on if train_on != "auto" else ("train+val" if dataset.splits.get("test") else "train")

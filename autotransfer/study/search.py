@@ -22,8 +22,9 @@ from optuna.trial import FrozenTrial
 
 from autotransfer import interrupt
 from autotransfer.data.dataset import ImageDataset, load_dataset
+from autotransfer.data.hygiene import describe_hygiene
 from autotransfer.errors import ConfigError, StudyMismatchError, describe
-from autotransfer.models.zoo import Zoo, check_backbones, load_zoo
+from autotransfer.models.zoo import Zoo, check_backbones, load_zoo, resolve_weights, smallest_input_side
 from autotransfer.results.leaderboard import leaderboard
 from autotransfer.results.report import OutputWriter
 from autotransfer.screen.screen import ScreenResult, check_screen, screen
@@ -312,13 +313,17 @@ def search(
     check_workers(storage, settings.workers)
     if settings.workers > 1:
         _check_picklable(on_epoch=on_epoch, callbacks=callbacks)
-    dataset = data if isinstance(data, ImageDataset) else load_dataset(data, seed=settings.seed)
-    for path, reason in dataset.excluded:
-        logger.warning("Excluded (cannot be decoded): %s: %s", path, reason)
-    if folder is not None:
+    if folder is not None:  # created and probed for writing before any work
         folder.create()
         if runtime.cache and runtime.cache_dir is None:
             runtime = replace(runtime, cache_dir=folder.cache)
+    resolve_weights(search_space.backbones, local_zoo)  # hub weights downloaded once, here, before any worker
+    dataset = data if isinstance(data, ImageDataset) else load_dataset(data, seed=settings.seed,
+                                                                        dedupe=settings.dedupe)
+    for path, reason in dataset.excluded:
+        logger.warning("Excluded (cannot be decoded): %s: %s", path, reason)
+    for line in describe_hygiene(dataset.hygiene, _input_side(search_space, local_zoo)):
+        logger.warning("%s", line)
     storage_obj = make_storage(storage, heartbeat_interval=settings.heartbeat_interval)
     study_name = settings.study_name or dataset.name
     screened, screen_config = None, None
@@ -332,6 +337,8 @@ def search(
     if screened is not None:
         study.set_user_attr(StudyAttr.SCREEN, screened.record())
     study.set_user_attr(StudyAttr.EXCLUDED, [list(item) for item in dataset.excluded])
+    if dataset.hygiene:
+        study.set_user_attr(StudyAttr.HYGIENE, dataset.hygiene)
     study.set_user_attr(StudyAttr.DATA, {"root": dataset.root, "seed": settings.seed,
                                          "zoo": str(local_zoo.path) if local_zoo.path else None})
     reclaim_stale_trials(study)
@@ -340,6 +347,12 @@ def search(
     job = WorkerJob(objective, storage, study.study_name, len(study.get_trials(deepcopy=False)), callbacks)
     _run(job, study)
     return SearchResult(study, dataset, settings.out, local_zoo, settings.device, runtime)
+
+
+def _input_side(space: SearchSpace, zoo: Zoo) -> int | None:
+    """The smallest input side (px) the space's backbones see: its ``input_size`` choices, else theirs."""
+    choices = space.dimensions["input_size"].choices if "input_size" in space.dimensions else None
+    return int(min(choices)) if choices else smallest_input_side(space.backbones, zoo)
 
 
 def _settings(settings: SearchSettings | None, budget: Budget | None, runtime: Runtime | None,

@@ -175,7 +175,7 @@ def pooled_features(net: BackboneWithHead, dataset: ImageDataset, data_config: d
 
 def _extract(fn: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, preprocess: Preprocess,
              runtime: Runtime, device: torch.device, check: Callable[[], None],
-             splits: tuple[str, ...]) -> dict[str, torch.Tensor]:
+             splits: tuple[str, ...], description: str = "") -> dict[str, torch.Tensor]:
     batch = runtime.batch_for_inference(device, 32)
 
     def run(x: torch.Tensor) -> torch.Tensor:  # as the training loop runs it
@@ -184,7 +184,7 @@ def _extract(fn: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, 
     workers = loader_workers(device, runtime.loader_workers)
     return {split: run_batched(run, split_images(dataset, split, preprocess, runtime, augment=False, workers=workers,
                                                  check=check),
-                               batch, device=device, preprocess=preprocess, check=check)
+                               batch, device=device, preprocess=preprocess, check=check, description=description)
             for split in splits}
 
 
@@ -227,7 +227,7 @@ def _features(net: BackboneWithHead, dataset: ImageDataset, preprocess: Preproce
         loaded = store.load(name, key) if store is not None else None
         if loaded is None or set(loaded) != {_POOL}:
             net.eval()
-            loaded = _extract(net.features, pool, preprocess, runtime, device, check, (_POOL,))
+            loaded = _extract(net.features, pool, preprocess, runtime, device, check, (_POOL,), f"features {name}")
             if store is not None:
                 path = store.save(name, key, loaded, {"backbone": name, "dataset": dataset.name})
                 logger.info("Cached %s features of %d images in %s", name, len(loaded[_POOL]), path)
@@ -259,6 +259,7 @@ def _prefix_activations(prefix: FrozenPrefix, dataset: ImageDataset, preprocess:
         logger.info("Frozen-prefix activations (%.0f MiB) exceed --cache-mb %.0f; training on images.",
                     per_image * n_images / 2**20, runtime.cache_mb)
         return None
-    acts = _extract(prefix.forward, pool, preprocess, runtime, device, check, (_POOL,))
+    acts = _extract(prefix.forward, pool, preprocess, runtime, device, check, (_POOL,),
+                    f"frozen prefix ({prefix.n_modules} modules)")
     memory.put(key, acts)
     return {split: acts[_POOL][rows] for split, rows in index.items()}

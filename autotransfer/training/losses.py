@@ -1,7 +1,8 @@
 """The training loss of a trial, built in one place: cross-entropy, mixing, and the L2-SP penalty.
 
 * Hard labels: ``torch.nn.CrossEntropyLoss(weight, label_smoothing)`` (plain ``F.cross_entropy``
-  when neither is set, as before these options existed).
+  when neither is set, as before these options existed). timm's loss factory refuses class weights
+  for cross-entropy, so the weights go to PyTorch's loss directly.
 * Mixed batches (mixup, CutMix): ``timm.data.Mixup`` turns labels into soft targets (its own
   ``label_smoothing`` is always passed: timm's default is 0.1) and ``timm.loss.SoftTargetCrossEntropy``
   scores them.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import timm.data
 import timm.loss
 import torch
@@ -22,7 +24,7 @@ from torch import nn
 
 from autotransfer.space.dimensions import Recipe
 
-__all__ = ["L2SP", "LossFn", "make_mixup", "mix_batch", "training_loss"]
+__all__ = ["L2SP", "LossFn", "balanced_class_weight", "make_mixup", "mix_batch", "training_loss"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """Logits ``(B, K)`` and targets (class indices ``(B,)`` or soft targets ``(B, K)``) to a scalar."""
@@ -81,6 +83,8 @@ def training_loss(recipe: Recipe, module: nn.Module, *, mixed: bool, backbone: n
     base: LossFn
     if recipe.loss is not None:
         base = recipe.loss()
+    elif mixed and class_weight is not None:  # soft targets are already smoothed by timm.data.Mixup
+        base = nn.CrossEntropyLoss(weight=class_weight)  # PyTorch's cross-entropy takes (B, K) probabilities too
     elif mixed:
         base = timm.loss.SoftTargetCrossEntropy()
     elif recipe.label_smoothing > 0 or class_weight is not None:
@@ -99,6 +103,18 @@ def training_loss(recipe: Recipe, module: nn.Module, *, mixed: bool, backbone: n
         return value + sum((term().to(value.device) for term in terms), torch.zeros((), device=value.device))
 
     return loss
+
+
+def balanced_class_weight(labels: list[int], n_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights ``(K,)`` of a training split (scikit-learn's
+    ``compute_class_weight("balanced")``: ``n / (k * count)`` over the ``k`` classes present); a class
+    absent from the split gets 1."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = np.ones(n_classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=np.asarray(labels))
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 def _bound(term: Callable[[nn.Module], torch.Tensor], module: nn.Module) -> Callable[[], torch.Tensor]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from torch import nn
 
-from autotransfer import interrupt
+from autotransfer import interrupt, progress
 from autotransfer.data.dataset import ImageDataset
 from autotransfer.errors import ConfigError, TrialFailed, TrialTimeout, describe
 from autotransfer.models.network import BackboneWithHead
@@ -36,7 +36,7 @@ from autotransfer.settings import Budget
 from autotransfer.space.dimensions import Recipe
 from autotransfer.training.input_plan import TrialInputs, prepare_inputs
 from autotransfer.training.linear_probe import fit_head
-from autotransfer.training.losses import LossFn, make_mixup, mix_batch, training_loss
+from autotransfer.training.losses import LossFn, balanced_class_weight, make_mixup, mix_batch, training_loss
 from autotransfer.training.optim import make_optimizer, make_scheduler
 from autotransfer.training.pipeline import Preprocess, image_loader, split_images
 from autotransfer.training.runtime import Runtime
@@ -271,7 +271,8 @@ def fit(
             ``(B, 3, H, W)`` in, logits ``(B, n_classes)`` out.
         dataset: The split dataset.
         data_config: The backbone's timm data config (input size, mean, std, interpolation, crop).
-        budget: Epochs, batch size and metric.
+        budget: Epochs, batch size, metric and class weighting (``"balanced"``: the loss is weighted by
+            the inverse class frequency of this call's train split).
         learning_rate: Peak AdamW learning rate, cosine-decayed to 0 over the budget's steps.
         seed: Seeds weight init of the head, shuffling and augmentation.
         device: Where to train.
@@ -322,8 +323,10 @@ def fit(
         trained: Any = torch.compile(inputs.module) if runtime.compile else inputs.module
         optimizer = make_optimizer(inputs.module, learning_rate, recipe, net=model)
         mixup = make_mixup(recipe, dataset.n_classes) if inputs.augment else None
-        step = _Step(optimizer, training_loss(recipe, inputs.module, mixed=mixup is not None, backbone=model.backbone),
-                     mixup, recipe.grad_clip)
+        weight = (balanced_class_weight([y for _, y in dataset.splits["train"]], dataset.n_classes).to(device)
+                  if budget.class_weight == "balanced" else None)
+        step = _Step(optimizer, training_loss(recipe, inputs.module, mixed=mixup is not None, backbone=model.backbone,
+                                              class_weight=weight), mixup, recipe.grad_clip)
         scheduler = make_scheduler(optimizer, recipe, epochs=budget.epochs, updates_per_epoch=len(inputs.train))
         for epoch in range(1, budget.epochs + 1):
             def check(epoch: int = epoch) -> None:
@@ -375,29 +378,43 @@ def _train_epoch(model: nn.Module, inputs: TrialInputs, step_with: _Step, schedu
     A mixing recipe mixes the whole optimisation batch before it is split into micro-batches.
     """
     model.train()
-    optimizer, loss_fn = step_with.optimizer, step_with.loss
     updates = (epoch - 1) * len(inputs.train)
     loss_sum, n_images = 0.0, 0
-    for step, (x, y) in enumerate(inputs.train, start=1):
-        check()
-        if step_with.mixup is not None:
-            x, y = mix_batch(step_with.mixup, x, y.to(device, non_blocking=True))
-        optimizer.zero_grad(set_to_none=True)
-        micro = runtime.micro_batch_for(device, len(y))
-        total = torch.zeros((), device=device)
-        for xs, ys in zip(x.split(micro), y.split(micro), strict=True):
-            # the mean loss over the batch, as a sum of micro-batch means weighted by their share
-            loss = loss_fn(_forward(model, xs, device, runtime), ys.to(device, non_blocking=True))
-            loss = loss * (len(ys) / len(y))
-            loss.backward()
-            total += loss.detach()
-        batch_loss = float(total)  # one device sync per step, which the finiteness check needs anyway
-        if not math.isfinite(batch_loss):
-            raise TrialFailed(f"diverged: loss is {batch_loss} at epoch {epoch} step {step}")
-        loss_sum, n_images = loss_sum + batch_loss * len(y), n_images + len(y)
-        if step_with.grad_clip > 0:
-            timm.utils.dispatch_clip_grad(model.parameters(), step_with.grad_clip, mode="norm")
-        optimizer.step()
-        updates += 1
-        scheduler.step_update(num_updates=updates)
+    with progress.bar(f"epoch {epoch} ({inputs.mode})", total=len(inputs.train), unit="batch") as shown:
+        for step, (x, y) in enumerate(inputs.train, start=1):
+            batch_loss, n = _train_step(model, x, y, step_with, device, runtime, check, epoch, step)
+            loss_sum, n_images = loss_sum + batch_loss * n, n_images + n
+            updates += 1
+            scheduler.step_update(num_updates=updates)
+            shown.update(1)
+            shown.set_postfix_str(f"loss {loss_sum / max(1, n_images):.3f}", refresh=False)
     return loss_sum / max(1, n_images)
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step_with: _Step, device: torch.device,
+                runtime: Runtime, check: Callable[[], None], epoch: int, step: int) -> tuple[float, int]:
+    """One optimisation step on one batch (mixed first, then accumulated over micro-batches).
+
+    Returns:
+        ``(mean loss, images)`` of the batch as trained (a mixed odd batch loses one image).
+    """
+    check()
+    if step_with.mixup is not None:
+        x, y = mix_batch(step_with.mixup, x, y.to(device, non_blocking=True))
+    optimizer, loss_fn = step_with.optimizer, step_with.loss
+    optimizer.zero_grad(set_to_none=True)
+    micro = runtime.micro_batch_for(device, len(y))
+    total = torch.zeros((), device=device)
+    for xs, ys in zip(x.split(micro), y.split(micro), strict=True):
+        # the mean loss over the batch, as a sum of micro-batch means weighted by their share
+        loss = loss_fn(_forward(model, xs, device, runtime), ys.to(device, non_blocking=True))
+        loss = loss * (len(ys) / len(y))
+        loss.backward()
+        total += loss.detach()
+    batch_loss = float(total)  # one device sync per step, which the finiteness check needs anyway
+    if not math.isfinite(batch_loss):
+        raise TrialFailed(f"diverged: loss is {batch_loss} at epoch {epoch} step {step}")
+    if step_with.grad_clip > 0:
+        timm.utils.dispatch_clip_grad(model.parameters(), step_with.grad_clip, mode="norm")
+    optimizer.step()
+    return batch_loss, len(y)

@@ -149,6 +149,7 @@ def render_report(study: optuna.Study | Evidence) -> str:
         split=ev.config.get("split", {}), metric=ev.metric, summary=summary(ev),
         families=family_ranking(ev.board, _confirmed_families(ev.decision)).to_dict(orient="records"),
         decision=ev.decision, skipped=ev.study.user_attrs.get(StudyAttr.CONFIRM_SKIPPED),
+        hygiene=ev.study.user_attrs.get(StudyAttr.HYGIENE) or {},
         sampling_stopped=sampling_stopped(ev.study),
         optuna_best=ev.optuna_best.number if ev.optuna_best is not None else None,
         columns=list(headers.values()), rows=_records(board, list(headers.values())),
