@@ -10,6 +10,7 @@ owns the terminal, and it shows the trials done against ``--n-trials``.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,9 +62,20 @@ def bar(description: str, total: float | None, unit: str = "img", *, leave: bool
         return
     from tqdm.auto import tqdm
 
-    with tqdm(total=total, desc=description, unit=unit, leave=leave, file=sys.stderr, dynamic_ncols=True,
-              smoothing=0.1) as shown:
+    # A terminal that reports no size (a fresh pseudo-terminal, some CI consoles) would hide the bars: tqdm
+    # reads 0 rows and draws nothing
+    size: dict[str, Any] = {"dynamic_ncols": True} if _columns() else {"ncols": 100, "nrows": 24}
+    with tqdm(total=total, desc=description, unit=unit, leave=leave, file=sys.stderr, smoothing=0.1,
+              **size) as shown:
         yield shown
+
+
+def _columns() -> int:
+    """The width standard error's terminal reports (0 when it reports none)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def write(line: str) -> None:

@@ -58,7 +58,7 @@ def main() -> None:
                 except OSError:
                     time.sleep(0.1)
             started = time.perf_counter() - tick
-            study_id = studies["studies"][0]["study_id"]
+            study_id = studies["study_summaries"][0]["study_id"]
             detail, first, size = _get(f"{base}/api/studies/{study_id}")
             again = [_get(f"{base}/api/studies/{study_id}")[1] for _ in range(args.repeats)]
         finally:

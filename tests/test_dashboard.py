@@ -63,7 +63,7 @@ def test_the_dashboard_reads_a_real_study(tmp_path: Path, kind: str, test_model_
                     finalists=0, storage=storage, out=out)
     process, base = _serve(storage)
     try:
-        studies = {s["study_name"]: s for s in _get(f"{base}/api/studies")["studies"]}
+        studies = {s["study_name"]: s for s in _get(f"{base}/api/studies")["study_summaries"]}
         assert {"digits", "digits.baseline"} <= set(studies)  # the search and its strong baseline's runs
         detail = _get(f"{base}/api/studies/{studies['digits']['study_id']}")
         trials = detail["trials"]

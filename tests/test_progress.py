@@ -33,6 +33,7 @@ def test_bars_are_silent_unless_enabled(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def _command(tmp_path: Path, zoo: Path, space: dict[str, object]) -> list[str]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump({**space, "freeze_depth": [1.0, 0.0]}))
     return [sys.executable, "-m", "autotransfer", "search", "digits", "--space", str(space_file), "--zoo", str(zoo),

@@ -188,3 +188,23 @@ def test_a_failing_report_does_not_end_the_search(tmp_path: Path, monkeypatch: p
     writer.final(study)
     assert "plotting bug" in caplog.text and "autotransfer report --storage" in caplog.text
     assert (tmp_path / "leaderboard.csv").is_file() and not (tmp_path / "report.html").exists()
+
+
+def test_the_importance_plot_names_the_conditional_dimensions_it_leaves_out(tmp_path: Path) -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from autotransfer.results.report.figures import importance_left_out
+
+    study = optuna.create_study(direction="maximize")
+    depth = CategoricalDistribution([0.0, 1.0])
+    rate, lpft = FloatDistribution(1e-4, 1e-2, log=True), CategoricalDistribution([False, True])
+    for i in range(6):
+        params: dict[str, object] = {"freeze_depth": float(i % 2), "learning_rate": 1e-3 * (i + 1)}
+        dists: dict[str, object] = {"freeze_depth": depth, "learning_rate": rate}
+        if i % 2 == 0:  # LP-FT is sampled only when some of the backbone trains
+            params["lp_ft"], dists["lp_ft"] = bool(i % 4), lpft
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=0.5 + 0.01 * i))
+    assert importance_left_out(study) == ["lp_ft"]
+    html = write_report(study, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Left out of the plot: lp_ft" in html
+    assert importance_left_out(optuna.create_study()) == []
