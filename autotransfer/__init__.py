@@ -7,7 +7,7 @@ pruning, and ranks them in a leaderboard and an HTML report. The winner is refit
 scikit-learn estimator (``TransferClassifier``).
 
 The top level holds what a user calls; everything else is importable from its module (see
-``ARCHITECTURE.md``). The names load on first use (lazy loading as in the Scientific Python SPEC 1),
+``docs/architecture.md``). The names load on first use (lazy loading as in the Scientific Python SPEC 1),
 so ``autotransfer report`` and other commands that only read a study's storage start without
 importing PyTorch.
 """

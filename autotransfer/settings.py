@@ -26,7 +26,7 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 PRUNERS = ("hyperband", "median", "sha", "none")
 CLASS_WEIGHTS = (None, "balanced")
 # Transferability scores the screen ranks backbones by (autotransfer.screen.scores), the default first
-SCREEN_SCORES = ("logme", "h_score", "knn", "linear_probe")
+SCREEN_SCORES = ("knn", "logme", "h_score", "linear_probe")
 _MAX_SEED = 2**32 - 1  # NumPy's and Optuna's seeds are 32-bit
 
 

@@ -105,3 +105,12 @@ def test_class_weights_on_cuda(digits_small: ImageDataset) -> None:
         result = fit(net, digits_small, CONFIG, Budget(epochs=1, batch_size=32, class_weight="balanced"), 3e-3,
                      seed=0, device=torch.device("cuda"), hflip=False, runtime=Runtime(), recipe=recipe)
         assert np.isfinite(result.train_loss[0])
+
+
+def test_screen_scores_cuda_features_as_cpu_ones(digits_small: ImageDataset, test_model_zoo: Path) -> None:
+    from autotransfer.screen.screen import screen  # PyTorch-side module, imported where CUDA exists
+
+    tables = [screen(digits_small, ["test_resnet.local"], resolutions=[32], zoo=test_model_zoo, device=device,
+                     runtime=Runtime(cache=False)).table for device in ("cuda", "cpu")]
+    for score in ("knn", "linear_probe"):  # accuracies: float32 features on either device give the same votes
+        assert tables[0][score].iloc[0] == pytest.approx(tables[1][score].iloc[0], abs=0.02)

@@ -208,3 +208,19 @@ def test_the_importance_plot_names_the_conditional_dimensions_it_leaves_out(tmp_
     html = write_report(study, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "Left out of the plot: lp_ft" in html
     assert importance_left_out(optuna.create_study()) == []
+
+
+def test_a_screen_stored_by_an_earlier_release_is_shown_with_what_it_lacks() -> None:
+    study = optuna.create_study(direction="maximize", study_name="screened")
+    old = {"score": "logme", "k": 1, "kept": ["a"], "candidates": [
+        {"rank": 1, "backbone": "a", "resolution": 224, "n_features": 8, "logme": 0.1, "h_score": 0.5, "knn": 0.9,
+         "linear_probe": 0.8, "images": 10, "seconds": 1.0, "kept": True},
+        {"rank": 2, "backbone": "b", "resolution": 224, "n_features": 8, "logme": -0.2, "h_score": 0.4, "knn": 0.95,
+         "linear_probe": 0.7, "images": 10, "seconds": 1.0, "kept": False}]}
+    study.set_user_attr("autotransfer.screen", old)
+    html = render_report(study)
+    section = html[html.index('<section id="screen">'):html.index('<section id="space">')]
+    assert "Stored by an earlier release" in section and "<strong>logme</strong>: a." in section
+    study.set_user_attr("autotransfer.screen", {**old, "methods": {"knn": "leave-one-out, k = 5"}})
+    section = render_report(study)
+    assert "Stored by an earlier release" not in section and "<strong>knn</strong>: leave-one-out, k = 5" in section

@@ -172,3 +172,24 @@ def test_the_finalists_section_opens_in_chromium(tmp_path: Path, test_model_zoo:
     shots.mkdir(parents=True, exist_ok=True)
     page.locator("section#finalists").screenshot(path=str(shots / "finalists.png"))
     page.close()
+
+
+def test_the_screen_section_opens_in_chromium(tmp_path: Path, test_model_zoo: Path,
+                                              request: pytest.FixtureRequest) -> None:
+    space = {"backbone": ["test_resnet.local"], "freeze_depth": [1.0], "head_width": [0],
+             "learning_rate": {"low": 3e-3, "high": 1e-2}}
+    search(_evil_digits(tmp_path / "data"), space=space, n_trials=1, epochs=1, zoo=test_model_zoo,
+           out=tmp_path / "out", device="cpu", baseline=False, finalists=0, screen=1)
+    report = tmp_path / "out" / "report.html"
+    assert 'id="screen"' in report.read_text()
+    chromium = request.getfixturevalue("browser")  # skips here, after the HTML checks, without Chromium
+    opened = open_report(chromium, report)
+    page = opened.page
+    assert opened.dialogs == [] and opened.requests == [] and opened.console == []
+    text = page.locator("section#screen").inner_text()
+    assert "Backbone screen" in text and "leave-one-out accuracy on train" in text and "test_resnet.local" in text
+    assert page.locator("section#screen tbody tr").count() == 1
+    shots = ARTIFACTS / "report-screen"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.locator("section#screen").screenshot(path=str(shots / "screen.png"))
+    page.close()

@@ -15,6 +15,10 @@ from PIL import Image
 from safetensors.torch import save_file
 from scipy import optimize, stats
 from sklearn.datasets import load_digits
+from sklearn.model_selection import LeaveOneOut, cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import Normalizer
 
 from autotransfer import ConfigError, DataError, SearchSettings, StudyMismatchError, load_dataset, search
 from autotransfer.cli.main import main
@@ -66,23 +70,40 @@ def _exact_log_evidence(f: np.ndarray, y: np.ndarray, log_alpha: float, log_beta
 def test_logme_is_the_maximised_evidence_of_the_bayesian_linear_model(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(0)
     f = rng.normal(size=shape)
-    labels = (f[:, 0] + 0.5 * rng.normal(size=shape[0]) > 0).astype(int)
+    labels = (f[:, 0] > 0).astype(int)
+    f[:, 0] += 2 * (2 * labels - 1)  # the features carry the label: the evidence peaks inside (alpha, beta) > 0
     best = []
     for k in (0, 1):
         y = (labels == k).astype(float)
         res = optimize.minimize(lambda p, y=y: -_exact_log_evidence(f, y, *p), x0=[0.0, 0.0], method="Nelder-Mead",
-                                options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000})
+                                options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 8000})
         best.append(-res.fun / shape[0])
-    assert logme(f, labels) == pytest.approx(np.mean(best), abs=1e-3)
+    assert logme(f, labels) == pytest.approx(np.mean(best), abs=1e-6)
+
+
+def test_scores_do_not_depend_on_the_order_of_the_samples() -> None:
+    f, y = _blobs(20, 1.5)
+    order = np.random.default_rng(3).permutation(len(y))
+    for name in SCORES:
+        if name != "linear_probe":  # its folds are drawn from the order: equal only in distribution
+            assert score_features(f[order], y[order])[name] == pytest.approx(score_features(f, y)[name], abs=1e-9)
+
+
+def test_knn_score_is_the_leave_one_out_accuracy_of_scikit_learns_classifier() -> None:
+    f, y = _blobs(15, 1.0, dim=6)
+    model = make_pipeline(Normalizer(), KNeighborsClassifier(n_neighbors=5))
+    expected = cross_val_score(model, f, y, cv=LeaveOneOut(), scoring="accuracy").mean()
+    assert knn_accuracy(f, y) == pytest.approx(expected, abs=1e-12)
+    assert knn_accuracy(f, y, n_neighbors=500) == pytest.approx(  # k is capped at n - 1
+        cross_val_score(make_pipeline(Normalizer(), KNeighborsClassifier(n_neighbors=len(y) - 1)), f, y,
+                        cv=LeaveOneOut()).mean(), abs=1e-12)
 
 
 def test_scores_rank_separable_features_above_noise() -> None:
     good, y = _blobs(30, 4.0)
     bad, _ = _blobs(30, 0.2, seed=1)
-    val_good, val_y = _blobs(10, 4.0, seed=2)
-    val_bad, _ = _blobs(10, 0.2, seed=3)
-    high, low = score_features(good, y, val_good, val_y), score_features(bad, y, val_bad, val_y)
-    assert list(high) == list(SCORES)
+    high, low = score_features(good, y), score_features(bad, y)
+    assert list(high) == list(SCORES) and SCORES[0] == "knn"  # the default first
     assert all(high[s] > low[s] for s in SCORES)
     assert high["knn"] == 1.0 and high["linear_probe"] == 1.0
     assert 0 < h_score(good, y) <= 2 + 1e-9  # at most n_classes - 1
@@ -103,9 +124,9 @@ def test_estimators_refuse_bad_input() -> None:
     with pytest.raises(DataError, match="finite"):
         logme(np.full_like(f, np.nan), y)
     with pytest.raises(DataError, match="two samples of every class"):
-        knn_accuracy(f[:11], y[:11])  # class 2 keeps a single sample
-    with pytest.raises(DataError, match="'val' must be"):
-        linear_probe_accuracy(f, y, f[:, :3], y)
+        linear_probe_accuracy(f[:11], y[:11])  # class 2 keeps a single sample
+    with pytest.raises(DataError, match="'n_neighbors' must be a positive integer"):
+        knn_accuracy(f, y, n_neighbors=0)
 
 
 def test_bad_screen_options_are_refused_with_the_message_template() -> None:
@@ -142,6 +163,15 @@ def test_screen_ranks_candidates_and_shares_the_linear_probe_cache(
     again = screen(digits_small, TWO, score="knn", k=1, resolutions=[32, 48], zoo=two_backbone_zoo, device="cpu",
                    runtime=runtime)
     pd.testing.assert_frame_equal(again.table.drop(columns="seconds"), table.drop(columns="seconds"))
+
+    # the scores read the train split only: other val images (the test split's, relabelled) change none of them
+    other_val = dataclasses.replace(digits_small, splits={**digits_small.splits, "val": [
+        (key, (label + 1) % 10) for key, label in digits_small.splits["test"]]})
+    moved = screen(other_val, TWO, score="knn", k=1, resolutions=[32, 48], zoo=two_backbone_zoo, device="cpu",
+                   runtime=runtime)
+    pd.testing.assert_frame_equal(moved.table[["backbone", "resolution", *SCORES]],
+                                  table[["backbone", "resolution", *SCORES]])
+    assert record["methods"]["knn"].startswith("leave-one-out") and record["resolutions"] == [32, 48]
 
 
 def test_screen_refuses_bad_input_before_any_extraction(tmp_path: Path, digits_small: ImageDataset,
@@ -182,13 +212,15 @@ def test_search_with_screen_keeps_the_best_backbones_and_stores_the_screen(
     def no_second_screen(*args: object, **kw: object) -> None:
         raise AssertionError("a resumed study must reuse its stored screen")
 
-    monkeypatch.setattr("autotransfer.study.search.screen", no_second_screen)
+    monkeypatch.setattr("autotransfer.study.screening.screen", no_second_screen)
     resumed = search(digits_small, n_trials=3, screen=1, screen_score="logme", **kwargs)  # type: ignore[arg-type]
     assert len(resumed.study.trials) == 3
     assert {t.params["backbone"] for t in resumed.study.trials} == set(kept)
     assert resumed.study.user_attrs[StudyAttr.SCREEN] == stored
     with pytest.raises(StudyMismatchError, match="screen: stored"):
         search(digits_small, n_trials=4, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(StudyMismatchError, match=r"screened by 'logme' keeping 1 .*--screen 1 --screen-score logme"):
+        search(digits_small, n_trials=4, screen=1, **kwargs)  # type: ignore[arg-type]  # the default score: knn
 
 
 def test_search_without_screen_stores_no_screen(tmp_path: Path, digits_small: ImageDataset,
@@ -197,6 +229,9 @@ def test_search_without_screen_stores_no_screen(tmp_path: Path, digits_small: Im
                     out=tmp_path / "out")
     assert "screen" not in read_config(result.study) and StudyAttr.SCREEN not in result.study.user_attrs
     assert 'id="screen"' not in (tmp_path / "out" / "report.html").read_text()
+    with pytest.raises(StudyMismatchError, match="created without a backbone screen"):  # before any extraction
+        search(digits_small, space=tiny_space, n_trials=2, epochs=1, zoo=test_model_zoo, device="cpu",
+               out=tmp_path / "out", screen=1)
 
 
 def test_screen_command_writes_the_ranked_table(tmp_path: Path, two_backbone_zoo: Path,
@@ -220,6 +255,39 @@ def test_screen_command_writes_the_ranked_table(tmp_path: Path, two_backbone_zoo
     assert table["kept"].tolist() == [True, False]
     printed = capsys.readouterr().out
     assert "ranked by h_score" in printed and "--screen 1 --screen-score h_score" in printed
+    assert main([*args, "--study-name", "x"]) == 1
+    assert "'study_name' must be given with --storage" in capsys.readouterr().err
+
+
+def test_a_search_ranks_the_scores_the_screen_command_stored(tmp_path: Path, two_backbone_zoo: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "digit_images"
+    digits = load_digits()
+    for cls in range(3):
+        (folder / str(cls)).mkdir(parents=True)
+        for j, index in enumerate(np.flatnonzero(digits.target == cls)[:15]):
+            Image.fromarray((digits.images[index] * 255 / 16).astype(np.uint8)).save(folder / str(cls) / f"{j}.png")
+    url = f"sqlite:///{tmp_path / 'screens.db'}"
+    assert main(["screen", str(folder), "--backbones", ",".join(TWO), "--zoo", str(two_backbone_zoo), "--device",
+                 "cpu", "--out", str(tmp_path / "screened"), "--storage", url, "--keep", "2"]) == 0
+    assert "Stored the scores in study 'digit_images'" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "screened" / "screen.csv")
+    best_by_logme = table.sort_values("logme", ascending=False)["backbone"].iloc[0]
+
+    def no_extraction(*args: object, **kw: object) -> None:
+        raise AssertionError("the stored scores must be ranked again, not extracted again")
+
+    monkeypatch.setattr("autotransfer.study.screening.screen", no_extraction)
+    space = {"backbone": TWO, "freeze_depth": [1.0], "head_width": [0], "learning_rate": {"low": 1e-3, "high": 1e-2}}
+    result = search(folder, space=space, n_trials=1, epochs=1, zoo=two_backbone_zoo, device="cpu", baseline=False,
+                    storage=url, study_name="digit_images", screen=1, screen_score="logme")
+    stored = result.study.user_attrs[StudyAttr.SCREEN]
+    assert stored["kept"] == [best_by_logme] and stored["score"] == "logme" and stored["k"] == 1
+    assert read_config(result.study)["space"]["backbone"]["choices"] == [best_by_logme]
+    assert main(["screen", str(folder), "--backbones", ",".join(TWO), "--zoo", str(two_backbone_zoo), "--device",
+                 "cpu", "--storage", url]) == 1  # a search's study: refused before any extraction
+    assert "already holds a search" in capsys.readouterr().err
 
 
 @needs_shared

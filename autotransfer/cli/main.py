@@ -68,6 +68,8 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix_str(self._best(study))
+        else:  # in a worker process: the launcher's trials bar (progress.relay)
+            progress.advance("trials", self._best(study))
 
     def _of(self) -> str:
         return f"/{self.n_trials}" if self.n_trials else ""
@@ -159,7 +161,10 @@ def _add_screen_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     sc.add_argument("--out", type=Path, help="output folder: screen.csv and the feature cache (cache/) that "
                     "autotransfer search --out reuses (default: reports/DATASET_NAME)")
     sc.add_argument("--zoo", help="local zoo YAML (default: $AUTOTRANSFER_ZOO)")
-    sc.add_argument("--seed", type=int, default=0, help="seed of the split and the k-NN folds (default: 0)")
+    sc.add_argument("--storage", help="also store the scores in this Optuna storage (URL), where a later "
+                    "'search --screen K' of the same study ranks them again without extracting anything")
+    sc.add_argument("--study-name", help="study to store the scores in (with --storage; default: the dataset's name)")
+    sc.add_argument("--seed", type=int, default=0, help="seed of the split and the linear probe's folds (default: 0)")
     sc.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_runtime(sc)
 
@@ -297,7 +302,7 @@ def _search(args: argparse.Namespace) -> int:
             **confirm_options(args))
         budget = Budget(epochs=args.epochs, batch_size=args.batch_size, metric=args.metric,
                         class_weight=getattr(args, "class_weight", None))
-        with progress.bar("trials", total=args.n_trials, unit="trial", leave=True) as shown:
+        with progress.bar("trials", total=args.n_trials, unit="trial", leave=True, name="trials") as shown:
             tracker.bar = shown if args.workers == 1 else None  # with workers the callbacks run (pickled) in them
             result = search(data, space=args.space, settings=settings, budget=budget,
                             runtime=Runtime(**runtime_options(args)), zoo=args.zoo, on_epoch=tracker.epoch,

@@ -15,7 +15,9 @@ from autotransfer.errors import ConfigError, describe
 from autotransfer.files import atomic_write_text
 from autotransfer.screen.screen import check_screen, screen
 from autotransfer.space.search_space import load_search_space
+from autotransfer.storage.backends import make_storage
 from autotransfer.storage.output_folder import OutputFolder
+from autotransfer.study.screening import check_screen_target, store_screen
 from autotransfer.training.runtime import Runtime
 
 __all__ = ["screen_command"]
@@ -38,7 +40,14 @@ def screen_command(args: argparse.Namespace, runtime_options: dict[str, Any]) ->
     except ValueError as err:
         raise ConfigError(describe("resolutions", "comma-separated integers (px)", args.resolutions)) from err
     check_screen(backbones, score=args.score, k=args.keep, resolutions=resolutions)
+    if args.study_name and not args.storage:
+        raise ConfigError(describe("study_name", "given with --storage (the storage to store the screen in)",
+                                   args.study_name))
     dataset = load_dataset(args.data, seed=args.seed)
+    study_name = args.study_name or dataset.name
+    storage = make_storage(args.storage) if args.storage else None
+    if storage is not None:
+        check_screen_target(storage, study_name)
     folder = OutputFolder(args.out or Path("reports") / dataset.name)
     folder.create()
     cache_dir = folder.cache if runtime_options["cache"] else None
@@ -54,4 +63,8 @@ def screen_command(args: argparse.Namespace, runtime_options: dict[str, Any]) ->
         print(f"\nKept ({args.keep}): {', '.join(result.kept)}; search them with --screen {args.keep} "
               f"--screen-score {args.score} --out {folder.path}")
     print(f"Wrote {folder.screen}")
+    if storage is not None:
+        store_screen(storage, study_name, result)
+        print(f"Stored the scores in study {study_name!r} of {args.storage}: 'autotransfer search ... --storage "
+              f"{args.storage} --study-name {study_name} --screen K' ranks them without extracting again")
     return 0

@@ -4,8 +4,10 @@ Each candidate (a backbone, optionally at an input resolution other than its own
 linear-probe trial builds it (every block group frozen), so its pooled train and val features come
 from, and go to, the same cache as linear-probe trials (:func:`~autotransfer.training.input_plan.pooled_features`:
 memory, then ``OUT/cache/features``). The scores of :mod:`autotransfer.screen.scores` are computed on
-them; the candidates are ranked by one of them, and ``search(..., screen=K)`` keeps the ``K`` best
-backbones of the search space.
+the train features alone (val is what the search selects on; its features are extracted too, for the
+linear-probe trials that follow); the candidates are ranked by one of them, and ``search(..., screen=K)``
+keeps the ``K`` best backbones of the search space. On a terminal each extraction shows a progress bar
+(images done, rate, time left; :mod:`autotransfer.progress`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from autotransfer.data.dataset import ImageDataset, load_dataset
 from autotransfer.errors import ConfigError, DataError, describe
 from autotransfer.models.network import BackboneWithHead
 from autotransfer.models.zoo import Zoo, check_backbones, create_backbone, feature_dim, load_zoo
-from autotransfer.screen.scores import SCORES, score_features
+from autotransfer.screen.scores import METHODS, SCORES, score_features
+from autotransfer.storage.records import ScreenKey
 from autotransfer.training.input_plan import pooled_features
 from autotransfer.training.runtime import Runtime
 from autotransfer.training.trainer import resolve_device
@@ -50,21 +53,45 @@ class ScreenResult:
             ``seconds`` (features and scores) and ``kept``.
         score: The score the table is ranked by.
         k: How many backbones are kept (None: all).
+        resolutions: The input sizes screened (px), or None for each backbone's own.
     """
 
     table: pd.DataFrame
     score: str
     k: int | None
+    resolutions: tuple[int, ...] | None = None
 
     @property
     def kept(self) -> list[str]:
         """The kept backbones, best first (each once, whatever its resolutions)."""
         return list(dict.fromkeys(self.table.loc[self.table["kept"], "backbone"]))
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any], score: str, k: int | None) -> ScreenResult:
+        """A stored screen ranked again by ``score`` with ``k`` kept, without extracting anything.
+
+        Args:
+            record: :meth:`record`'s output, as a study stores it.
+            score: One of :data:`~autotransfer.screen.scores.SCORES`.
+            k: Backbones to keep, or None.
+
+        Raises:
+            ConfigError: The record lacks the score, or ``k`` exceeds its backbones.
+        """
+        table = pd.DataFrame(record.get(ScreenKey.CANDIDATES) or [])
+        if score not in table or table[score].isna().any():
+            raise ConfigError(describe("screen_score", f"a score the stored screen holds ({list(table)})", score))
+        check_screen(list(dict.fromkeys(table["backbone"])), score=score, k=k)
+        stored = record.get(ScreenKey.RESOLUTIONS)
+        return _ranked(table.drop(columns=["rank", "kept"], errors="ignore"), score, k,
+                       tuple(stored) if stored else None)
+
     def record(self) -> dict[str, Any]:
         """The screen as a study stores it (``StudyAttr.SCREEN``): JSON-compatible values only."""
         rows = self.table.astype(object).where(self.table.notna(), None).to_dict(orient="records")
-        return {"score": self.score, "k": self.k, "kept": self.kept, "candidates": rows}
+        return {ScreenKey.SCORE: self.score, ScreenKey.K: self.k, ScreenKey.KEPT: self.kept,
+                ScreenKey.CANDIDATES: rows, ScreenKey.METHODS: dict(METHODS),
+                ScreenKey.RESOLUTIONS: list(self.resolutions) if self.resolutions else None}
 
 
 def check_screen(backbones: Sequence[str], *, score: str, k: int | None,
@@ -116,8 +143,8 @@ def screen(
         data: Image folder, folder with ``train/`` and ``val/``, ``"digits"``, or an
             :class:`~autotransfer.data.dataset.ImageDataset` (split as a search splits it with ``seed``).
         backbones: Zoo or timm names.
-        score: Ranking score, one of :data:`~autotransfer.screen.scores.SCORES`: ``"logme"`` (default),
-            ``"h_score"``, ``"knn"`` or ``"linear_probe"``.
+        score: Ranking score, one of :data:`~autotransfer.screen.scores.SCORES`: ``"knn"`` (default),
+            ``"logme"``, ``"h_score"`` or ``"linear_probe"``.
         k: Keep the ``k`` best backbones (the others get ``kept`` False); None keeps all.
         resolutions: Screen every backbone at each of these square input sizes (px) instead of its
             own (``pretrained_cfg["input_size"]``); the candidates are then backbone x resolution.
@@ -125,7 +152,7 @@ def screen(
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         runtime: Caches and accelerator (default :class:`~autotransfer.training.runtime.Runtime()`;
             give ``cache_dir`` to share features with later searches and restarts).
-        seed: The dataset's split seed and the k-NN folds' shuffle.
+        seed: The dataset's split seed and the linear probe's fold shuffle.
         check: Called before every batch (raises to stop).
 
     Returns:
@@ -147,17 +174,23 @@ def screen(
                                  f"train counts {counts.tolist()}, {len(labels['val'])} val images"))
     runtime = runtime or Runtime()
     sizes: list[int | None] = list(resolutions) if resolutions else [None]
-    rows = [_candidate(name, size, dataset, labels, local_zoo, runtime, torch_device, check)
+    rows = [_candidate(name, size, dataset, labels, local_zoo, runtime, torch_device, check, seed)
             for name in backbones for size in sizes]
-    table = pd.DataFrame(rows).sort_values(score, ascending=False, kind="stable").reset_index(drop=True)
+    return _ranked(pd.DataFrame(rows), score, k, tuple(resolutions) if resolutions else None)
+
+
+def _ranked(rows: pd.DataFrame, score: str, k: int | None, resolutions: tuple[int, ...] | None) -> ScreenResult:
+    """The candidates best first by ``score``, with their rank and the ``k`` best backbones kept."""
+    table = rows.sort_values(score, ascending=False, kind="stable").reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
     best = list(dict.fromkeys(table["backbone"]))[:k]
     table["kept"] = table["backbone"].isin(best)
-    return ScreenResult(table[COLUMNS], score, k)
+    return ScreenResult(table[COLUMNS], score, k, resolutions)
 
 
 def _candidate(name: str, resolution: int | None, dataset: ImageDataset, labels: dict[str, np.ndarray],
-               zoo: Zoo, runtime: Runtime, device: torch.device, check: Callable[[], None]) -> dict[str, Any]:
+               zoo: Zoo, runtime: Runtime, device: torch.device, check: Callable[[], None],
+               seed: int) -> dict[str, Any]:
     """One candidate's row: features (cached or extracted), then every score."""
     tick = time.perf_counter()
     backbone, data_config = create_backbone(name, zoo)
@@ -173,9 +206,8 @@ def _candidate(name: str, resolution: int | None, dataset: ImageDataset, labels:
 
     feats = pooled_features(net, dataset, data_config, runtime=runtime, device=device, check=counted, splits=SPLITS)
     extracted = time.perf_counter() - tick
-    x = {s: feats[s].double().numpy() for s in SPLITS}
-    scores = score_features(x["train"], labels["train"], x["val"], labels["val"])
-    images = sum(len(x[s]) for s in SPLITS)
+    scores = score_features(feats["train"].double().numpy(), labels["train"], seed=seed)
+    images = sum(len(feats[s]) for s in SPLITS)
     row = {"backbone": name, "resolution": int(data_config["input_size"][-1]), "n_features": feature_dim(backbone),
            **scores, "images": images, "seconds": time.perf_counter() - tick}
     source = f"{images / max(extracted, 1e-9):.1f} images/s" if calls else "features from the cache"

@@ -32,13 +32,16 @@ __all__ = [
     "COMPANION_SUFFIXES",
     "CONFIRM_SUFFIX",
     "FORMAT_VERSION",
+    "STRONG_BASELINE_KEY",
     "UNCOUNTED_REASONS",
+    "ScreenKey",
     "StudyAttr",
     "TrialAttr",
     "best_trial",
     "budget_record",
     "companion_study",
     "counts_towards_n_trials",
+    "open_companion",
     "read_budget",
     "read_config",
     "recommended_trial",
@@ -101,6 +104,22 @@ class StudyAttr:
     SAMPLING_STOPPED: Final = "autotransfer.sampling_stopped"  # why sampling stopped: {"reason", "detail"}
     STRONG_BASELINE: Final = "autotransfer.strong_baseline"  # {"params", "search": {...}, "repeats": {...}}
     HYGIENE: Final = "autotransfer.hygiene"  # the scan's duplicates, label conflicts and image sizes
+
+
+class ScreenKey:
+    """Keys of a screen record: ``StudyAttr.SCREEN`` (the result) and the configuration's ``screen`` entry."""
+
+    CONFIG: Final = "screen"  # the configuration's entry: {SCORE, K, BACKBONES}, compared on resume
+    SCORE: Final = "score"  # the score the candidates are ranked by
+    K: Final = "k"  # how many backbones are kept (None: all)
+    BACKBONES: Final = "backbones"  # the space's backbones before the screen
+    KEPT: Final = "kept"  # the kept backbones, best first
+    CANDIDATES: Final = "candidates"  # one record per candidate: backbone, resolution, scores, kept, ...
+    METHODS: Final = "methods"  # {score: how it was computed}; absent from screens stored before it existed
+    RESOLUTIONS: Final = "resolutions"  # input sizes screened (px); None: each backbone's own
+
+
+STRONG_BASELINE_KEY: Final = "strong"  # the configuration's baseline entry: the strong baseline's parameters
 
 
 CONFIRM_SUFFIX: Final = ".confirm"  # the companion study holding the confirmation runs: "<name>.confirm"
@@ -191,6 +210,20 @@ def companion_study(study: optuna.Study, suffix: str = CONFIRM_SUFFIX) -> optuna
     if name not in {s.study_name for s in storage.get_all_studies()}:
         return None
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def open_companion(study: optuna.Study, suffix: str) -> optuna.Study:
+    """Create or load a companion study, in the same storage, whose trials are all enqueued.
+
+    Its sampler (random) and pruner (none) never act: every run is enqueued with fixed parameters.
+
+    Args:
+        study: The search study.
+        suffix: :data:`CONFIRM_SUFFIX` or :data:`BASELINE_SUFFIX`.
+    """
+    return optuna.create_study(storage=study._storage, study_name=study.study_name + suffix, direction="maximize",
+                               sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner(),
+                               load_if_exists=True)
 
 
 def stop_reason(trial: FrozenTrial) -> str:

@@ -43,6 +43,7 @@ from autotransfer.storage.records import (
     best_trial,
     companion_study,
     counts_towards_n_trials,
+    open_companion,
     trial_family,
 )
 from autotransfer.study.objective import Objective
@@ -189,12 +190,6 @@ class ConfirmObjective(Objective):
         return None  # the test split is scored once, for the recommended pick, after the decision
 
 
-def _open_companion(study: optuna.Study) -> optuna.Study:
-    return optuna.create_study(storage=study._storage, study_name=study.study_name + CONFIRM_SUFFIX,
-                               direction="maximize", sampler=optuna.samplers.RandomSampler(),  # all enqueued
-                               pruner=optuna.pruners.NopPruner(), load_if_exists=True)
-
-
 def _enqueue_missing(companion: optuna.Study, plan: ConfirmPlan) -> int:
     """Enqueue every (finalist, repeat) without a finished, running or waiting run; the number enqueued."""
     trials = companion.get_trials(deepcopy=False)
@@ -241,8 +236,8 @@ def run_confirmation(study: optuna.Study, objective: Objective, *, budget_second
             study.set_user_attr(StudyAttr.CONFIRM_SKIPPED, note)
             return None
         plan = made
-        _open_companion(study).set_user_attr(StudyAttr.CONFIRM_PLAN, asdict(plan))
-    companion = _open_companion(study)
+        open_companion(study, CONFIRM_SUFFIX).set_user_attr(StudyAttr.CONFIRM_PLAN, asdict(plan))
+    companion = open_companion(study, CONFIRM_SUFFIX)
     logger.info("Confirmation: %s.", plan.note)
     reclaim_stale_trials(companion)
     _enqueue_missing(companion, plan)

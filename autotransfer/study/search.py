@@ -27,7 +27,7 @@ from autotransfer.errors import ConfigError, StudyMismatchError, describe
 from autotransfer.models.zoo import Zoo, check_backbones, load_zoo, resolve_weights, smallest_input_side
 from autotransfer.results.leaderboard import leaderboard
 from autotransfer.results.report import OutputWriter
-from autotransfer.screen.screen import ScreenResult, check_screen, screen
+from autotransfer.screen.screen import check_screen
 from autotransfer.settings import METRICS, Budget, SearchSettings, split_options
 from autotransfer.space.search_space import SearchSpace, load_search_space
 from autotransfer.space.strategy import Strategy
@@ -35,6 +35,8 @@ from autotransfer.storage.backends import check_workers, load_existing_study, ma
 from autotransfer.storage.output_folder import OutputFolder
 from autotransfer.storage.records import (
     FORMAT_VERSION,
+    STRONG_BASELINE_KEY,
+    ScreenKey,
     StudyAttr,
     TrialAttr,
     best_trial,
@@ -49,6 +51,7 @@ from autotransfer.study.confirm import run_confirmation
 from autotransfer.study.objective import EpochProgress, Objective
 from autotransfer.study.recovery import finished_trials, reclaim_stale_trials, record_run, set_patience
 from autotransfer.study.sampling import make_pruner
+from autotransfer.study.screening import screen_space, stored_screen
 from autotransfer.study.strong_baseline import run_strong_baseline
 from autotransfer.study.workers import WorkerJob, run_worker, run_workers
 from autotransfer.training.runtime import Runtime
@@ -89,7 +92,7 @@ def study_config(dataset: ImageDataset, space: SearchSpace, budget: Budget,
         "baseline": baseline,
     }
     if screen is not None:
-        config["screen"] = screen
+        config[ScreenKey.CONFIG] = screen
     return config
 
 
@@ -266,7 +269,7 @@ def search(
       ``baseline`` (run the textbook recipe first in a new study, widening the space to hold it),
       ``report_every`` (minimum seconds between report refreshes), ``screen`` (keep the K backbones of
       the space with the best ``screen_score`` on their pooled features, :func:`autotransfer.screen.screen.screen`,
-      before the first trial; None: no screen), ``screen_score`` (``"logme"``, ``"h_score"``, ``"knn"``,
+      before the first trial; None: no screen), ``screen_score`` (``"knn"``, ``"logme"``, ``"h_score"``,
       ``"linear_probe"``);
     * trial: ``epochs`` (3, maximum per trial), ``batch_size`` (32), ``metric`` (``"accuracy"``,
       ``"balanced_accuracy"``, ``"macro_f1"`` on val);
@@ -328,8 +331,8 @@ def search(
     study_name = settings.study_name or dataset.name
     screened, screen_config = None, None
     if settings.screen is not None:
-        screened, screen_config, search_space = _screen(dataset, search_space, settings, local_zoo, runtime,
-                                                        _stored_screen(storage_obj, study_name))
+        screened, screen_config, search_space = screen_space(dataset, search_space, settings, local_zoo, runtime,
+                                                             stored_screen(storage_obj, study_name))
         recipe = _baseline_record(search_space) if settings.baseline else None
     study = open_study(storage_obj, study_name,
                        study_config(dataset, search_space, budget, recipe, screen_config),
@@ -361,39 +364,6 @@ def _settings(settings: SearchSettings | None, budget: Budget | None, runtime: R
     study, trial, machine = split_options(options, SearchSettings, Budget, Runtime)
     return (replace(settings or SearchSettings(), **study), replace(budget or Budget(), **trial),
             replace(runtime or Runtime(), **machine))
-
-
-def _stored_screen(storage: str | optuna.storages.BaseStorage | None, study_name: str) -> dict[str, Any] | None:
-    """The screen stored with an existing study of this name (``StudyAttr.SCREEN``), or None."""
-    if storage is None:
-        return None
-    try:
-        stored = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        return None
-    record = stored.user_attrs.get(StudyAttr.SCREEN)
-    return record if isinstance(record, dict) else None
-
-
-def _screen(dataset: ImageDataset, space: SearchSpace, settings: SearchSettings, zoo: Zoo, runtime: Runtime,
-            stored: dict[str, Any] | None = None) -> tuple[ScreenResult | None, dict[str, Any], SearchSpace]:
-    """Screen the space's backbones: the result, its configuration record and the narrowed space.
-
-    A resumed study whose stored screen used the same score, K and candidates keeps its stored kept
-    backbones: screening again would cost the extraction, and a re-ranking could change the space
-    mid-study. The result is then None (the stored record stays as it is).
-    """
-    record = {"score": settings.screen_score, "k": settings.screen, "backbones": space.backbones}
-    candidates = [row.get("backbone") for row in (stored or {}).get("candidates", [])]
-    if stored and stored.get("score") == settings.screen_score and stored.get("k") == settings.screen \
-            and sorted(candidates) == sorted(space.backbones) and stored.get("kept"):
-        logger.info("Screen: reusing the stored screen by %s, which kept %s", settings.screen_score,
-                    ", ".join(stored["kept"]))
-        return None, record, space.with_backbones(list(stored["kept"]))
-    screened = screen(dataset, space.backbones, score=settings.screen_score, k=settings.screen, zoo=zoo,
-                      device=settings.device, runtime=runtime, seed=settings.seed)
-    logger.info("Screen by %s kept %s", settings.screen_score, ", ".join(screened.kept))
-    return screened, record, space.with_backbones(screened.kept)
 
 
 def _run(job: WorkerJob, study: optuna.Study) -> None:
@@ -473,7 +443,7 @@ def _baseline_record(space: SearchSpace) -> dict[str, Any]:
     """The baseline strategy of ``space`` and how the space must widen to hold it (validated early)."""
     strategy = space.baseline()
     _, changes = space.including(strategy)
-    return {"params": strategy.as_dict(), "changes": changes, "strong": space.strong_baseline().as_dict()}
+    return {"params": strategy.as_dict(), "changes": changes, STRONG_BASELINE_KEY: space.strong_baseline().as_dict()}
 
 
 def _with_baseline(study: optuna.Study, space: SearchSpace) -> SearchSpace:

@@ -27,10 +27,12 @@ from autotransfer.models.network import BackboneWithHead
 from autotransfer.space.strategy import Strategy
 from autotransfer.storage.records import (
     BASELINE_SUFFIX,
+    STRONG_BASELINE_KEY,
     StudyAttr,
     TrialAttr,
     companion_study,
     counts_towards_n_trials,
+    open_companion,
     read_config,
 )
 from autotransfer.study.confirm import ConfirmPlan
@@ -81,14 +83,8 @@ class StrongBaselineObjective(Objective):
 def strong_baseline_params(study: optuna.Study) -> dict[str, Any] | None:
     """The strong baseline's parameters stored when ``study`` was created, or None (none planned)."""
     record = read_config(study).get("baseline")
-    strong = record.get("strong") if isinstance(record, dict) else None
+    strong = record.get(STRONG_BASELINE_KEY) if isinstance(record, dict) else None
     return dict(strong) if isinstance(strong, dict) else None
-
-
-def _companion(study: optuna.Study) -> optuna.Study:
-    return optuna.create_study(storage=study._storage, study_name=study.study_name + BASELINE_SUFFIX,
-                               direction="maximize", sampler=optuna.samplers.RandomSampler(),  # all enqueued
-                               pruner=optuna.pruners.NopPruner(), load_if_exists=True)
 
 
 def _plan(study: optuna.Study) -> ConfirmPlan | None:
@@ -120,7 +116,7 @@ def run_strong_baseline(study: optuna.Study, objective: Objective, *, deadline: 
     if params is None:
         return None
     plan = _plan(study)
-    companion = _companion(study)
+    companion = open_companion(study, BASELINE_SUFFIX)
     reclaim_stale_trials(companion)
     wanted = [SEARCH_SPLIT, *(range(plan.repeats) if plan is not None else ())]
     taken = {t.user_attrs.get(TrialAttr.REPEAT) for t in companion.get_trials(deepcopy=False)

@@ -21,13 +21,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from typing import Any
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial
 
-from autotransfer import interrupt
+from autotransfer import interrupt, progress
 from autotransfer.errors import AutotransferError, TrialFailed
 from autotransfer.logs import configure_logging
 from autotransfer.results.report import OutputWriter
@@ -127,10 +129,13 @@ def _worker_device(device: str, index: int) -> str:
     return device
 
 
-def _child_main(job: WorkerJob, index: int, share: int | None, n_threads: int, log_level: int) -> None:
-    """Entry point of one worker process (spawned)."""
+def _child_main(job: WorkerJob, index: int, share: int | None, n_threads: int, log_level: int,
+                sink: Any = None) -> None:
+    """Entry point of one worker process (spawned); ``sink`` carries its progress to the launcher."""
     os.setpgrp()  # Ctrl+C in the terminal reaches the launcher only; it forwards one SIGTERM
     launcher = os.getppid()
+    if sink is not None:
+        progress.forward(sink, f"worker {index}")
     configure_logging(log_level, prefix=f"[worker {index}] ")
     torch.set_num_threads(n_threads)
     out = job.settings.out
@@ -165,8 +170,9 @@ def run_workers(job: WorkerJob, workers: int, study: optuna.Study, remaining: in
     """
     context = multiprocessing.get_context("spawn")  # fork after importing torch is unsafe
     n_threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    sink = context.Queue() if progress.enabled() else None  # workers' bars, drawn here (on a terminal only)
     procs = [context.Process(target=_child_main, name=f"autotransfer-worker-{k}",
-                             args=(job, k, share, n_threads, logging.getLogger().getEffectiveLevel()))
+                             args=(job, k, share, n_threads, logging.getLogger().getEffectiveLevel(), sink))
              for k, share in enumerate(shares(remaining, workers))]
 
     def forward(sig: int) -> None:
@@ -179,7 +185,7 @@ def run_workers(job: WorkerJob, workers: int, study: optuna.Study, remaining: in
             if proc.pid is not None and proc.is_alive():
                 os.kill(proc.pid, signal.SIGKILL)
 
-    with interrupt.listen(forward, kill):
+    with interrupt.listen(forward, kill), progress.relay(sink) if sink is not None else nullcontext():
         for proc in procs:
             proc.start()
         for proc in procs:
