@@ -160,18 +160,22 @@ def test_the_finalists_section_opens_in_chromium(tmp_path: Path, test_model_zoo:
     result = search(_evil_digits(tmp_path / "data"), space=space, n_trials=4, epochs=1, zoo=test_model_zoo,
                     out=tmp_path / "out", device="cpu", pruner="none", baseline=False, finalists=2, repeats=2)
     assert result.decision is not None
-    report = tmp_path / "out" / "report.html"
-    assert 'id="finalists"' in report.read_text()
-    chromium = request.getfixturevalue("browser")  # skips here, after the HTML checks, without Chromium
-    opened = open_report(chromium, report)
-    page = opened.page
-    assert opened.dialogs == [] and opened.requests == [] and opened.console == []
-    text = page.locator("section#finalists").inner_text()
+    page, text = _open_section(request, tmp_path / "out" / "report.html", "finalists")
     assert result.decision["outcome"] in text and "P(tie)" in text and "Recommended: trial" in text
-    shots = ARTIFACTS / "report-finalists"
-    shots.mkdir(parents=True, exist_ok=True)
-    page.locator("section#finalists").screenshot(path=str(shots / "finalists.png"))
     page.close()
+
+
+def _open_section(request: pytest.FixtureRequest, report: Path, section: str) -> tuple[Any, str]:
+    """Open ``report`` in Chromium (skipped without it, after the HTML check), check the page loaded cleanly,
+    screenshot ``section`` and return the page and that section's text."""
+    assert f'id="{section}"' in report.read_text()
+    opened = open_report(request.getfixturevalue("browser"), report)
+    assert opened.dialogs == [] and opened.requests == [] and opened.console == []
+    locator = opened.page.locator(f"section#{section}")
+    shots = ARTIFACTS / f"report-{section}"
+    shots.mkdir(parents=True, exist_ok=True)
+    locator.screenshot(path=str(shots / f"{section}.png"))
+    return opened.page, locator.inner_text()
 
 
 def test_the_screen_section_opens_in_chromium(tmp_path: Path, test_model_zoo: Path,
@@ -180,16 +184,7 @@ def test_the_screen_section_opens_in_chromium(tmp_path: Path, test_model_zoo: Pa
              "learning_rate": {"low": 3e-3, "high": 1e-2}}
     search(_evil_digits(tmp_path / "data"), space=space, n_trials=1, epochs=1, zoo=test_model_zoo,
            out=tmp_path / "out", device="cpu", baseline=False, finalists=0, screen=1)
-    report = tmp_path / "out" / "report.html"
-    assert 'id="screen"' in report.read_text()
-    chromium = request.getfixturevalue("browser")  # skips here, after the HTML checks, without Chromium
-    opened = open_report(chromium, report)
-    page = opened.page
-    assert opened.dialogs == [] and opened.requests == [] and opened.console == []
-    text = page.locator("section#screen").inner_text()
+    page, text = _open_section(request, tmp_path / "out" / "report.html", "screen")
     assert "Backbone screen" in text and "leave-one-out accuracy on train" in text and "test_resnet.local" in text
     assert page.locator("section#screen tbody tr").count() == 1
-    shots = ARTIFACTS / "report-screen"
-    shots.mkdir(parents=True, exist_ok=True)
-    page.locator("section#screen").screenshot(path=str(shots / "screen.png"))
     page.close()
