@@ -111,7 +111,7 @@ def bar(description: str, total: float | None, unit: str = "img", *, leave: bool
     if not _STATE["enabled"]:
         yield _Silent()
         return
-    with _drawn(description, total, unit, leave) as shown:
+    with _tqdm(description, total, unit, leave) as shown:
         if name is not None:
             _STATE["named"][name] = shown
         try:
@@ -120,16 +120,14 @@ def bar(description: str, total: float | None, unit: str = "img", *, leave: bool
             _STATE["named"].pop(name, None)
 
 
-@contextmanager
-def _drawn(description: str, total: float | None, unit: str, leave: bool) -> Iterator[Any]:
+def _tqdm(description: str, total: float | None, unit: str, leave: bool) -> Any:
+    """A tqdm bar on standard error (also a context manager that closes it)."""
     from tqdm.auto import tqdm
 
     # A terminal that reports no size (a fresh pseudo-terminal, some CI consoles) would hide the bars: tqdm
     # reads 0 rows and draws nothing
     size: dict[str, Any] = {"dynamic_ncols": True} if _columns() else {"ncols": 100, "nrows": 24}
-    with tqdm(total=total, desc=description, unit=unit, leave=leave, file=sys.stderr, smoothing=0.1,
-              **size) as shown:
-        yield shown
+    return tqdm(total=total, desc=description, unit=unit, leave=leave, file=sys.stderr, smoothing=0.1, **size)
 
 
 def advance(name: str, postfix: str = "") -> None:
@@ -200,11 +198,7 @@ class _Relay:
         elif not _STATE["enabled"]:
             return
         elif kind == "open":
-            from tqdm.auto import tqdm
-
-            size: dict[str, Any] = {"dynamic_ncols": True} if _columns() else {"ncols": 100, "nrows": 24}
-            self.bars[key] = tqdm(total=event[3], desc=event[2], unit=event[4], leave=False, file=sys.stderr,
-                                  smoothing=0.1, **size)
+            self.bars[key] = _tqdm(event[2], event[3], event[4], leave=False)
         elif kind == "update" and key in self.bars:
             self.bars[key].update(event[2])
         elif kind == "postfix" and key in self.bars:

@@ -70,10 +70,10 @@ def logme(features: NDArray[np.floating], labels: NDArray[np.integer]) -> float:
 
     For each class ``k`` the model is ``y_k = F w + noise`` with prior ``w ~ N(0, 1/alpha)`` and noise
     ``N(0, 1/beta)``; ``alpha`` and ``beta`` are set by MacKay's fixed-point iteration, all classes at
-    once, until no class's evidence per sample moves by 1e-8 nats in an iteration (where the features
-    can fit a target exactly, more features than samples, the evidence creeps up for ever as ``beta``
-    grows, by less than that). The log evidence ``log p(y_k | F, alpha, beta)`` is averaged over
-    classes and divided by ``n_samples``.
+    once, until no class's evidence per sample moves by 1e-8 nats in an iteration, or for at most 100
+    iterations (where the features can fit a target exactly, more features than samples, the evidence
+    creeps up for ever as ``beta`` grows). The log evidence ``log p(y_k | F, alpha, beta)`` is averaged
+    over classes and divided by ``n_samples``.
     Computed from the thin SVD of ``F``, so it costs ``O(n d min(n, d))`` whichever is larger.
 
     Hand-written: no maintained package provides it (the authors' reference code, thuml/LogME, is a
@@ -98,29 +98,30 @@ def logme(features: NDArray[np.floating], labels: NDArray[np.integer]) -> float:
     z = u.T @ targets  # (rank, K): the targets in the left singular basis
     outside = np.sum(targets**2, axis=0) - np.sum(z**2, axis=0)  # (K,): the part outside F's column space
     alpha, beta = np.ones(z.shape[1]), np.ones(z.shape[1])
-    evidence = _log_evidence(alpha, beta, s, sigma[:, None], z, outside, n, d)
-    for _ in range(_LOGME_MAX_ITER):
-        denom = alpha + beta * s
-        gamma = np.sum(beta * s / denom, axis=0)
-        m_sq = np.sum((beta * sigma[:, None] * z / denom) ** 2, axis=0)  # |m|^2, m the posterior mean of w
-        residual = np.sum((alpha * z / denom) ** 2, axis=0) + outside  # |y - F m|^2
-        alpha, beta = gamma / np.maximum(m_sq, 1e-12), (n - gamma) / np.maximum(residual, 1e-12)
-        previous, evidence = evidence, _log_evidence(alpha, beta, s, sigma[:, None], z, outside, n, d)
-        if np.max(np.abs(evidence - previous)) < _LOGME_TOL * n:
+    previous = None
+    for _ in range(_LOGME_MAX_ITER + 1):  # the start, then after each of at most _LOGME_MAX_ITER updates
+        gamma, m_sq, residual, evidence = _posterior(alpha, beta, s, sigma[:, None], z, outside, n, d)
+        if previous is not None and np.max(np.abs(evidence - previous)) < _LOGME_TOL * n:
             break
+        previous = evidence
+        alpha, beta = gamma / np.maximum(m_sq, 1e-12), (n - gamma) / np.maximum(residual, 1e-12)  # MacKay's update
     return float(np.mean(evidence / n))
 
 
-def _log_evidence(alpha: NDArray[np.float64], beta: NDArray[np.float64], s: NDArray[np.float64],
-                  sigma: NDArray[np.float64], z: NDArray[np.float64], outside: NDArray[np.float64], n: int,
-                  d: int) -> NDArray[np.float64]:
-    """``log p(y_k | F, alpha_k, beta_k)`` for every class ``k`` (You et al., 2021, eq. 2), shape ``(K,)``."""
+def _posterior(alpha: NDArray[np.float64], beta: NDArray[np.float64], s: NDArray[np.float64],
+               sigma: NDArray[np.float64], z: NDArray[np.float64], outside: NDArray[np.float64], n: int,
+               d: int) -> tuple[NDArray[np.float64], ...]:
+    """At ``(alpha_k, beta_k)`` for every class ``k``, each of shape ``(K,)``: the effective number of
+    parameters ``gamma``, ``|m|^2`` (m the posterior mean of w), the residual ``|y - F m|^2`` and the
+    log evidence ``log p(y_k | F, alpha_k, beta_k)`` (You et al., 2021, Algorithm 2 and eq. 2)."""
     denom = alpha + beta * s  # (rank, K)
+    gamma = np.sum(beta * s / denom, axis=0)
     m_sq = np.sum((beta * sigma * z / denom) ** 2, axis=0)
     residual = np.sum((alpha * z / denom) ** 2, axis=0) + outside
     log_det = np.sum(np.log(denom), axis=0) + (d - len(s)) * np.log(alpha)  # log |alpha I + beta F^T F|
-    return np.asarray(d / 2 * np.log(alpha) + n / 2 * np.log(beta) - log_det / 2 - beta / 2 * residual
-                      - alpha / 2 * m_sq - n / 2 * np.log(2 * np.pi))
+    evidence = (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - log_det / 2 - beta / 2 * residual
+                - alpha / 2 * m_sq - n / 2 * np.log(2 * np.pi))
+    return gamma, m_sq, residual, np.asarray(evidence)
 
 
 def h_score(features: NDArray[np.floating], labels: NDArray[np.integer]) -> float:
@@ -242,7 +243,6 @@ def score_features(features: NDArray[np.floating], labels: NDArray[np.integer], 
     Raises:
         DataError: As the scores raise it.
     """
-    computed = {"knn": lambda: knn_accuracy(features, labels), "logme": lambda: logme(features, labels),
-                "h_score": lambda: h_score(features, labels),
-                "linear_probe": lambda: linear_probe_accuracy(features, labels, seed=seed)}
-    return {name: computed[name]() for name in SCORES}
+    scores = {"knn": knn_accuracy(features, labels), "logme": logme(features, labels),
+              "h_score": h_score(features, labels), "linear_probe": linear_probe_accuracy(features, labels, seed=seed)}
+    return {name: scores[name] for name in SCORES}
