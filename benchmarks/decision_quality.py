@@ -16,12 +16,16 @@ Three picks are compared:
   :func:`autotransfer.results.decision.decide` makes the decision; where the plan is skipped (too little
   budget), the confirmed pick is today's pick;
 - **the compute control**: today's pick after the same replayed study runs more search trials until it
-  has also spent the stage's planned compute.
+  has also spent the stage's planned compute;
+- **explore, then confirm** (the ``hybrid`` arm): the replayed study first runs more search trials for
+  ``HYBRID_EXPLORE`` (half) of the stage's budget, then the product's plan is made from the extended study
+  within what is left of the budget and decided as above; where that plan is skipped (2 repeats of 2
+  finalists do not fit), its pick is the extended study's best trial.
 
-**The truth** is measured on the union of every seed's finalists and picks plus the textbook recipe:
-each strategy is trained on ``--truth-draws`` other draws (seeds and stratified train draws of the grid's
-train size from the dataset's whole pool, derived from a fixed entropy unrelated to the study seeds), and
-each draw is scored on the pool images outside its training draw (at most ``--truth-cap`` of them, a
+**The truth** is measured on the union of every seed's finalists and picks (of every arm) plus the textbook
+recipe: each strategy is trained on ``--truth-draws`` other draws (seeds and stratified train draws of the
+grid's train size from the dataset's whole pool, derived from a fixed entropy unrelated to the study seeds),
+and each draw is scored on the pool images outside its training draw (at most ``--truth-cap`` of them, a
 stratified subsample, to bound the CPU time on flowers). Regret, tie accuracy and outcome correctness use
 only these truth draws; the stage's own runs decide nothing about the truth.
 
@@ -49,7 +53,7 @@ from autotransfer.data.dataset import DIGITS, ImageDataset, Sample, stratified_s
 from autotransfer.errors import TrialFailed
 from autotransfer.files import atomic_write_text
 from autotransfer.storage.records import TrialAttr, best_trial
-from autotransfer.study.confirm import ConfirmPlan, make_plan
+from autotransfer.study.confirm import ConfirmPlan, extend_plan, make_plan
 from autotransfer.study.sampling import make_pruner, make_sampler
 
 from .grid import DATASETS, TABLE, Grid, _subsample, grid_dataset, read_table
@@ -61,6 +65,7 @@ N_TRIALS = 20  # the CLI's default --n-trials
 FINALISTS = 3  # the CLI's default --finalists
 MARGIN = 0.01  # the CLI's default --tie-margin
 SHARE = 0.5  # the stage's default share of the search's compute
+HYBRID_EXPLORE = 0.5  # the explore-then-confirm arm spends this share of the stage's budget on search trials
 TRUTH_ENTROPY = 15_000  # seeds the truth draws; unrelated to the study seeds 0..19 and their derived seeds
 DEFAULT = Method("default", "tpe", "hyperband", baseline=True)
 RUN_KEY = ["dataset", "kind", "draw", "backbone", "freeze_depth", "head_width", "learning_rate"]
@@ -79,7 +84,9 @@ class SeedPlan:
         plan: The product's confirmation plan, or None.
         note: The plan's note, or the reason it was skipped.
         search_seconds: Replayed compute of the 20 search trials (s).
-        control_trials: Trials the compute control ran in all.
+        control_trials: Trials the replayed study ran in all, both arms' extra trials included.
+        hybrid: The explore-then-confirm arm: more search trials for ``HYBRID_EXPLORE`` of the stage's
+            budget, then the product's plan within the rest (:class:`Arm`).
     """
 
     seed: int
@@ -91,6 +98,26 @@ class SeedPlan:
     note: str
     search_seconds: float
     control_trials: int
+    hybrid: Arm | None = None
+
+
+@dataclass(frozen=True)
+class Arm:
+    """The explore-then-confirm arm of one seed.
+
+    Attributes:
+        today: The best search trial after the extra trials (the arm's pick where its plan is skipped).
+        finalists: Its plan's finalists, best search value first (empty without a plan).
+        plan: The product's plan made from the extended study within the rest of the budget, or None.
+        note: The plan's note, or why it was skipped.
+        explore_seconds: Replayed compute of the extra search trials (s).
+    """
+
+    today: Key
+    finalists: tuple[Key, ...]
+    plan: ConfirmPlan | None
+    note: str
+    explore_seconds: float
 
 
 def _timed_objective(grid: RecordedGrid, clock: Clock) -> Any:
@@ -126,19 +153,36 @@ def plan_seed(grid: RecordedGrid, dataset: ImageDataset, seed: int) -> SeedPlan:
                            seed=seed, budget_seconds=SHARE * search_seconds)
     finalists = tuple(keys[int(f["trial"])] for f in plan.finalists) if plan else ()
     values = tuple(float(study.trials[int(f["trial"])].value or 0.0) for f in plan.finalists) if plan else ()
-    target = search_seconds + (plan.cost() if plan else 0.0)
+    budget = SHARE * search_seconds
+    control_target = search_seconds + (plan.cost() if plan else 0.0)
+    hybrid_target = search_seconds + HYBRID_EXPLORE * budget
+    hybrid: Arm | None = None
+    control = today
+    # One replayed study continues to both targets in turn: the trials it runs do not depend on where it pauses.
+    for target in sorted({control_target, hybrid_target}):
+        _continue(study, objective, clock, target)
+        keys = {int(row["trial"]): (row["backbone"], row["freeze_depth"], row["head_width"], row["learning_rate"])
+                for row in clock.trace}
+        now = best_trial(study)
+        if target == control_target and plan:
+            control = today if now is None else keys[now.number]
+        if target == hybrid_target:
+            made, why = make_plan(study, dataset, finalists=FINALISTS, repeats=None, margin=MARGIN, resplit=False,
+                                  seed=seed, budget_seconds=budget - (clock.seconds - search_seconds))
+            hybrid = Arm(today if now is None else keys[now.number],
+                         tuple(keys[int(f["trial"])] for f in made.finalists) if made else (), made, why,
+                         clock.seconds - search_seconds)
+    return SeedPlan(seed, today, control, finalists, values, plan, note, search_seconds, len(study.trials), hybrid)
 
+
+def _continue(study: optuna.Study, objective: Any, clock: Clock, target: float) -> None:
+    """Run more replayed search trials until ``clock`` has spent ``target`` seconds."""
     def stop(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         if clock.seconds >= target:
             study.stop()
 
-    if plan:
+    if clock.seconds < target:
         study.optimize(objective, n_trials=1000, callbacks=[stop], catch=(TrialFailed,))
-    control_best = best_trial(study)
-    keys = {int(row["trial"]): (row["backbone"], row["freeze_depth"], row["head_width"], row["learning_rate"])
-            for row in clock.trace}
-    control = today if control_best is None else keys[control_best.number]
-    return SeedPlan(seed, today, control, finalists, values, plan, note, search_seconds, len(study.trials))
 
 
 def textbook_key(grid: RecordedGrid) -> Key:
@@ -213,16 +257,23 @@ def jobs(name: str, plans: list[SeedPlan], grid: Grid, truth_draws: int, cap: in
     """Every training run of one dataset: ``(identity, dataset, seed)``; stage runs first, then the truth."""
     base = grid_dataset(name, grid)
     out: list[tuple[dict[str, Any], ImageDataset, int]] = []
+    seen: set[tuple[str, Key]] = set()
     for p in plans:
-        if p.plan is None:
-            continue
-        for r, seed in enumerate(p.plan.seeds):
-            data = p.plan.dataset(base, r)
-            data = replace(data, splits={"train": data.splits["train"], "val": data.splits["val"]})
-            for key in p.finalists:
-                out.append(({"dataset": name, "kind": "stage", "draw": f"{p.seed}/{r}", **_key_columns(key),
-                             "digest": split_digest(data.splits)}, data, seed))
-    union = sorted({k for p in plans for k in (p.today, p.control, *p.finalists)} | {textbook})
+        arms = [(p.plan, p.finalists)] + ([(p.hybrid.plan, p.hybrid.finalists)] if p.hybrid else [])
+        for plan, finalists in arms:
+            if plan is None:
+                continue
+            for r, seed in enumerate(plan.seeds):
+                data = plan.dataset(base, r)
+                data = replace(data, splits={"train": data.splits["train"], "val": data.splits["val"]})
+                for key in finalists:
+                    if (f"{p.seed}/{r}", key) in seen:
+                        continue  # the two arms share seeds and splits: one run serves both
+                    seen.add((f"{p.seed}/{r}", key))
+                    out.append(({"dataset": name, "kind": "stage", "draw": f"{p.seed}/{r}", **_key_columns(key),
+                                 "digest": split_digest(data.splits)}, data, seed))
+    union = sorted({k for p in plans for k in (p.today, p.control, *p.finalists)}
+                   | {k for p in plans if p.hybrid for k in (p.hybrid.today, *p.hybrid.finalists)} | {textbook})
     pool = pool_dataset(name, grid)
     n_train = grid.datasets[name]["train"]
     for d in range(truth_draws):
@@ -278,6 +329,45 @@ def all_plans(table: pd.DataFrame, name: str, grid: Grid, seeds: int) -> list[Se
     return [plan_seed(recorded, dataset, seed) for seed in range(seeds)]
 
 
+def _measured(runs: pd.DataFrame, name: str, seed: int, plan: ConfirmPlan, finalists: tuple[Key, ...]) -> dict[
+        int, list[float]] | None:
+    """Recorded training seconds of each finalist's planned repeats on ``name``, or None while one is missing."""
+    rows = runs[(runs["dataset"] == name) & (runs["kind"] == "stage") & (runs["status"] == "completed")] \
+        if not runs.empty else runs
+    out: dict[int, list[float]] = {}
+    for k, key in enumerate(finalists):
+        mine = rows[(rows["backbone"] == key[0]) & (rows["freeze_depth"] == key[1]) & (rows["head_width"] == key[2])
+                    & (rows["learning_rate"] == key[3])] if not rows.empty else rows
+        by_draw = dict(zip(mine["draw"], mine["train_seconds"], strict=True)) if not mine.empty else {}
+        seconds = [by_draw.get(f"{seed}/{r}") for r in range(plan.repeats)]
+        if any(v is None for v in seconds):
+            return None
+        out[k] = [float(v) for v in seconds if v is not None]
+    return out
+
+
+def extend(plans: list[SeedPlan], runs: pd.DataFrame, name: str, grid: Grid) -> list[SeedPlan]:
+    """Each seed's plans lengthened as the product lengthens them (:func:`extend_plan`), from the recorded seconds.
+
+    The product measures a run's whole trial seconds; the benchmark has each run's training seconds
+    (``train_seconds``), which leave out scoring val, a second or less here.
+    """
+    base = grid_dataset(name, grid)
+    out = []
+    for p in plans:
+        budget = SHARE * p.search_seconds
+        plan = p.plan
+        if plan is not None and (seconds := _measured(runs, name, p.seed, plan, p.finalists)) is not None:
+            plan = extend_plan(plan, base, seconds, budget) or plan
+        hybrid = p.hybrid
+        if hybrid is not None and hybrid.plan is not None and (
+                seconds := _measured(runs, name, p.seed, hybrid.plan, hybrid.finalists)) is not None:
+            longer = extend_plan(hybrid.plan, base, seconds, budget - hybrid.explore_seconds)
+            hybrid = replace(hybrid, plan=longer or hybrid.plan)
+        out.append(replace(p, plan=plan, note=plan.note if plan else p.note, hybrid=hybrid))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
@@ -296,6 +386,13 @@ def main(argv: list[str] | None = None) -> None:
               f"{stage} stage runs, {len(todo) - stage} truth runs", flush=True)
         if args.part == "all":
             record(name, todo, grid)
+        if args.part != "plan":  # the planned repeats' measured seconds decide how many more fit
+            plans[name] = extend(seed_plans, read_runs(), name, grid)
+            todo = jobs(name, plans[name], grid, args.truth_draws, args.truth_cap, textbook)
+            print(f"{name}: {sum(j[0]['kind'] == 'stage' for j in todo) - stage} more stage runs after the "
+                  "measured seconds", flush=True)
+            if args.part == "all":
+                record(name, todo, grid)
     if args.part != "plan":
         from .decision_quality_tables import write_tables
 

@@ -17,6 +17,9 @@ Definitions (all figures in accuracy points, 1 point = 0.01):
   undecided. The outcome is right when the truth's class equals the decision's verdict on every pair.
 - **Kendall tau** (tau-b, ``scipy.stats.kendalltau``) of the finalists' ranking against their truth: by
   their search val accuracy ("search") and by their confirmed mean ("confirmed").
+- **Contrasts** (:func:`contrasts`): whether the truth can tell two picking rules apart at all, from the
+  mean over seeds of the paired truth difference of their picks, per truth draw, with the corrected
+  interval above.
 """
 
 from __future__ import annotations
@@ -33,11 +36,16 @@ from autotransfer.files import atomic_write_text
 from autotransfer.results.decision import Decision, FinalistRuns, decide
 
 if TYPE_CHECKING:
+    from autotransfer.study.confirm import ConfirmPlan
+
     from .decision_quality import SeedPlan
     from .replay import Key
 
 MARGIN = 0.01
-PICKS = ("today", "confirmed", "control")
+SHARE = 0.5  # the stage's default share of the search's compute (its budget)
+PICKS = ("today", "confirmed", "control", "hybrid")
+LABELS = {"today": "today's pick", "confirmed": "confirmed", "control": "compute control",
+          "hybrid": "explore, then confirm"}
 
 
 class Truth:
@@ -86,28 +94,28 @@ def _key(row: pd.Series) -> Key:
     return (str(row["backbone"]), float(row["freeze_depth"]), int(row["head_width"]), float(row["learning_rate"]))
 
 
-def stage_decision(plan: SeedPlan, runs: pd.DataFrame) -> tuple[Decision | None, dict[Key, list[float]], float]:
+def stage_decision(seed: int, plan: ConfirmPlan, finalists: tuple[Key, ...], runs: pd.DataFrame) -> tuple[
+        Decision | None, dict[Key, list[float]], float]:
     """The product's decision from one seed's recorded stage runs (None if a run is missing or diverged)."""
-    assert plan.plan is not None
-    rows = runs[(runs["kind"] == "stage") & runs["draw"].str.startswith(f"{plan.seed}/")]
+    rows = runs[(runs["kind"] == "stage") & runs["draw"].str.startswith(f"{seed}/")]
     by_key: dict[Key, dict[int, pd.Series]] = {}
     for _, row in rows.iterrows():
         by_key.setdefault(_key(row), {})[int(str(row["draw"]).split("/")[1])] = row
-    repeats = range(plan.plan.repeats)
+    repeats = range(plan.repeats)
     if any(k not in by_key or any(r not in by_key[k] or by_key[k][r]["status"] != "completed" for r in repeats)
-           for k in plan.finalists):
+           for k in finalists):
         return None, {}, math.nan
-    finalists = []
-    for key in plan.finalists:
+    confirmed = []
+    for key in finalists:
         reps = [by_key[key][r] for r in repeats]
-        correct = None if plan.plan.rho is not None else [[c == "1" for c in str(r["correct"])] for r in reps]
-        finalists.append(FinalistRuns(str(plan.finalists.index(key)), [float(r["accuracy"]) for r in reps], correct,
+        correct = None if plan.rho is not None else [[c == "1" for c in str(r["correct"])] for r in reps]
+        confirmed.append(FinalistRuns(str(finalists.index(key)), [float(r["accuracy"]) for r in reps], correct,
                                       float(np.median([r["images_per_second"] for r in reps])),
                                       float(np.mean([r["train_seconds"] for r in reps])),
                                       int(reps[0]["trainable_params"])))
-    decision = decide(finalists, margin=plan.plan.margin, rho=plan.plan.rho, seed=plan.seed)
-    scores = {k: list(f.scores) for k, f in zip(plan.finalists, finalists, strict=True)}
-    seconds = float(rows["train_seconds"].sum())
+    decision = decide(confirmed, margin=plan.margin, rho=plan.rho, seed=seed)
+    scores = {k: list(f.scores) for k, f in zip(finalists, confirmed, strict=True)}
+    seconds = float(sum(by_key[k][r]["train_seconds"] for k in finalists for r in repeats))
     return decision, scores, seconds
 
 
@@ -122,10 +130,19 @@ def seed_rows(name: str, plans: list[SeedPlan], runs: pd.DataFrame, truth: Truth
     for plan in plans:
         row: dict[str, Any] = {"dataset": name, "seed": plan.seed, "note": plan.note,
                                "search_seconds": plan.search_seconds,
-                               "stage_planned_seconds": plan.plan.cost() if plan.plan else 0.0}
+                               "stage_budget_seconds": SHARE * plan.search_seconds if plan.plan else 0.0}
         confirmed, outcome, right, seconds = plan.today, "skipped", math.nan, 0.0
+        hybrid = plan.hybrid.today if plan.hybrid else plan.today
+        if plan.hybrid and plan.hybrid.plan is not None:
+            made, _, row["hybrid_stage_seconds"] = stage_decision(plan.seed, plan.hybrid.plan, plan.hybrid.finalists,
+                                                                  runs)
+            if made is None:
+                continue  # not recorded yet
+            hybrid = plan.hybrid.finalists[int(made.recommended)]
+            row["hybrid_outcome"] = made.outcome
+        row["hybrid_explore_seconds"] = plan.hybrid.explore_seconds if plan.hybrid else 0.0
         if plan.plan is not None:
-            decision, scores, seconds = stage_decision(plan, runs)
+            decision, scores, seconds = stage_decision(plan.seed, plan.plan, plan.finalists, runs)
             if decision is None:
                 continue  # not recorded yet
             confirmed = plan.finalists[int(decision.recommended)]
@@ -139,7 +156,7 @@ def seed_rows(name: str, plans: list[SeedPlan], runs: pd.DataFrame, truth: Truth
                 row["tau_confirmed"] = _tau([float(np.mean(scores[k])) for k in plan.finalists], truths)
         row.update(outcome=outcome, outcome_right=right, stage_seconds=seconds, repeats=plan.plan.repeats
                    if plan.plan else 0, finalists=len(plan.finalists))
-        for pick, key in zip(PICKS, (plan.today, confirmed, plan.control), strict=True):
+        for pick, key in zip(PICKS, (plan.today, confirmed, plan.control, hybrid), strict=True):
             ok = best is not None and truth.has(key)
             regret = 100 * (truth.mean(best) - truth.mean(key)) if ok and best is not None else math.nan
             row[f"{pick}_regret"] = regret
@@ -172,10 +189,48 @@ def summary(seeds: pd.DataFrame, truths: dict[str, Truth]) -> pd.DataFrame:
             row[f"{col}_median"] = group[col].median() if col in group else math.nan
             row[f"{col}_mean"] = group[col].mean() if col in group else math.nan
         row["search_seconds_median"] = group["search_seconds"].median()
-        row["stage_planned_seconds_median"] = group["stage_planned_seconds"].median()
+        row["stage_budget_seconds_median"] = group["stage_budget_seconds"].median()
         row["stage_seconds_median"] = group["stage_seconds"].median()
+        row["hybrid_explore_seconds_median"] = group["hybrid_explore_seconds"].median()
+        row["hybrid_planned"] = int(group["hybrid_outcome"].notna().sum()) if "hybrid_outcome" in group else 0
         out.append(row)
     return pd.DataFrame(out)
+
+
+CONTRASTS = (("confirmed", "today"), ("control", "today"), ("hybrid", "today"), ("confirmed", "control"),
+             ("hybrid", "confirmed"), ("hybrid", "control"))
+
+
+def contrasts(seeds: pd.DataFrame, truths: dict[str, Truth]) -> pd.DataFrame:
+    """Whether the truth can tell two picking rules apart: one row per dataset and pair of rules.
+
+    The statistic is the mean over seeds of the truth's paired difference between the two rules' picks,
+    computed on each truth draw separately (a linear contrast of the strategies' truths, so the draws stay
+    paired), with the same corrected resampled t interval as :meth:`Truth.interval` over the draws. A rule
+    is established better (or worse) when the whole 95% interval is above (below) zero; "not resolved"
+    otherwise. Where every seed picks the same strategy under both rules the difference is exactly 0.
+    """
+    out = []
+    for name, group in seeds.groupby("dataset", sort=False):
+        truth = truths[str(name)]
+        table: Any = truth.table
+        for a, b in CONTRASTS:
+            per_draw = np.mean([table.loc[_parse(row[f"{a}_pick"])].to_numpy(dtype=float)
+                                - table.loc[_parse(row[f"{b}_pick"])].to_numpy(dtype=float)
+                                for _, row in group.iterrows()], axis=0)
+            j = per_draw.size
+            se = math.sqrt((1 / j + truth.ratio) * float(np.var(per_draw, ddof=1)))
+            half = float(stats.t.ppf(0.975, j - 1)) * se
+            mean = float(per_draw.mean())
+            verdict = "better" if mean - half > 0 else "worse" if mean + half < 0 else "not resolved"
+            out.append({"dataset": name, "rule": LABELS[a], "against": LABELS[b], "mean_pt": 100 * mean,
+                        "low_pt": 100 * (mean - half), "high_pt": 100 * (mean + half), "verdict": verdict})
+    return pd.DataFrame(out)
+
+
+def _parse(text: str) -> Key:
+    backbone, depth, width, lr = str(text).split("/")
+    return (backbone, float(depth), int(width), float(lr))
 
 
 def _md(frame: pd.DataFrame) -> str:
@@ -188,15 +243,16 @@ def _md(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    """The README's tables from the summary."""
+def markdown(frame: pd.DataFrame, contrast: pd.DataFrame) -> str:
+    """The README's tables from the summary and the contrasts."""
     regret = frame[["dataset", "seeds", "truth_best", "truth_best_acc", "truth_best_se_pt"]
                    + [f"{p}_regret_median" for p in PICKS] + [f"{p}_regret_mean" for p in PICKS]
                    + [f"{p}_tie_share" for p in PICKS]]
     outcomes = frame[["dataset"] + [c for c in frame.columns if c.startswith(("n_", "right_"))]]
     rest = frame[["dataset", "tau_search_median", "tau_confirmed_median", "tau_search_mean", "tau_confirmed_mean",
-                  "search_seconds_median", "stage_planned_seconds_median", "stage_seconds_median"]]
-    return "\n\n".join(_md(t) for t in (regret, outcomes, rest)) + "\n"
+                  "search_seconds_median", "stage_budget_seconds_median", "stage_seconds_median",
+                  "hybrid_explore_seconds_median", "hybrid_planned"]]
+    return "\n\n".join(_md(t) for t in (regret, outcomes, rest, contrast)) + "\n"
 
 
 def figure(seeds: pd.DataFrame, path: Any) -> None:
@@ -207,7 +263,7 @@ def figure(seeds: pd.DataFrame, path: Any) -> None:
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(seeds["dataset"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
     rng = np.random.default_rng(0)
     for ax, name in zip(axes[0], names, strict=True):
         group = seeds[seeds["dataset"] == name]
@@ -216,7 +272,7 @@ def figure(seeds: pd.DataFrame, path: Any) -> None:
             ax.scatter(i + rng.uniform(-0.15, 0.15, values.size), values, s=14, alpha=0.6)
             if values.size:
                 ax.hlines(np.median(values), i - 0.3, i + 0.3, color="black")
-        ax.set_xticks(range(len(PICKS)), ["today's pick", "confirmed", "compute control"])
+        ax.set_xticks(range(len(PICKS)), [LABELS[p].replace(", ", ",\n") for p in PICKS])
         ax.set_title(name)
         ax.set_ylabel("regret against the truth's best (points)")
     fig.tight_layout()
@@ -238,11 +294,11 @@ def write_tables(plans: dict[str, list[SeedPlan]], runs: pd.DataFrame, draws: in
     if seeds.empty:
         print("no seed has all its stage runs yet")
         return
-    table = summary(seeds, truths)
-    for file, frame in (("seeds.csv", seeds), ("summary.csv", table)):
+    table, contrast = summary(seeds, truths), contrasts(seeds, truths)
+    for file, frame in (("seeds.csv", seeds), ("summary.csv", table), ("contrasts.csv", contrast)):
         buffer = io.StringIO()
         frame.to_csv(buffer, index=False, float_format="%.6g")
         atomic_write_text(OUT / file, buffer.getvalue())
-    atomic_write_text(OUT / "results.md", markdown(table))
+    atomic_write_text(OUT / "results.md", markdown(table, contrast))
     figure(seeds, OUT / "regret.png")
-    print(markdown(table))
+    print(markdown(table, contrast))

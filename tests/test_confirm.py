@@ -194,3 +194,56 @@ def test_the_estimator_follows_the_recommendation(test_model_zoo: Path) -> None:
     decision = model.study_.user_attrs[StudyAttr.DECISION]
     recommended = next(t for t in model.study_.trials if t.number == decision["recommended_trial"])
     assert model.best_trial_ == recommended.number and model.best_params_ == recommended.params
+
+
+def test_the_measured_repeats_decide_how_many_more_fit(tmp_path: Path, digits_small: ImageDataset,
+                                                       test_model_zoo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autotransfer.study import confirm
+    from autotransfer.study import search as search_module
+
+    # The search trials' seconds say that 2 repeats of 2 finalists fill the stage's 400 s; the repeats
+    # themselves take about a second, so 3 more of each fit (5 in all, the most the stage runs).
+    monkeypatch.setattr(search_module, "_stage_budget", lambda *args: 400.0)
+    monkeypatch.setattr(confirm, "_trial_seconds", lambda trial: 100.0)
+    out = tmp_path / "out"
+    _search(digits_small, test_model_zoo, out, finalists=0)
+
+    def stop_an_added_repeat(trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
+        if trial.user_attrs.get(TrialAttr.FINALIST) == 1 and trial.user_attrs.get(TrialAttr.REPEAT) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _search(digits_small, test_model_zoo, out, finalists=2, on_epoch=stop_an_added_repeat)
+    storage = f"sqlite:///{out}/study.db"
+    companion = optuna.load_study(study_name="digits" + CONFIRM_SUFFIX, storage=storage)
+    plan = companion.user_attrs[StudyAttr.CONFIRM_PLAN]
+    assert len(plan["seeds"]) == 5 and "3 more repeats" in plan["note"]  # stored before the added runs start
+    before = {t.number for t in companion.get_trials(states=(TrialState.COMPLETE,))}
+    assert len(before) == 7  # repeats 0-2 of both finalists, repeat 3 of finalist 0
+    resumed = _search(digits_small, test_model_zoo, out, finalists=2)
+    complete = optuna.load_study(study_name="digits" + CONFIRM_SUFFIX, storage=storage).get_trials(
+        states=(TrialState.COMPLETE,))
+    assert len(complete) == 10 and {t.number for t in complete} >= before
+    assert len({(t.user_attrs[TrialAttr.FINALIST], t.user_attrs[TrialAttr.REPEAT]) for t in complete}) == 10
+    assert resumed.decision is not None and resumed.decision["repeats"] == 5
+    # the added repeats are exactly those a 5-repeat plan would have drawn: same seeds, same splits
+    five, _ = confirm.make_plan(resumed.study, digits_small, finalists=2, repeats=5, margin=0.01, resplit=False,
+                                seed=0, budget_seconds=None)
+    assert five is not None and plan["seeds"] == five.seeds and plan["splits"] == five.splits
+
+
+def test_a_plan_is_not_extended_past_five_repeats_its_budget_or_an_earlier_release() -> None:
+    from autotransfer.study.confirm import ConfirmPlan, extend_plan
+
+    ds = load_dataset("digits", seed=0)
+    finalists = [{"trial": 0, "family": "a", "params": {}, "seconds": 10.0},
+                 {"trial": 1, "family": "b", "params": {}, "seconds": 10.0}]
+    plan = ConfirmPlan(finalists, [1, 2], None, None, 0.01, "2 finalists x 2 repeats", seed=0)
+    seconds = {0: [4.0, 2.0], 1: [6.0, 2.0]}  # 14 s spent; one more repeat of both costs 2 + 2 = 4 s
+    longer = extend_plan(plan, ds, seconds, budget_seconds=22.0)
+    assert longer is not None and longer.repeats == 4 and longer.seeds[:2] == [1, 2]  # (22 - 14) // 4 = 2 more
+    assert extend_plan(plan, ds, seconds, budget_seconds=17.9) is None  # not one more of both
+    assert extend_plan(dataclasses.replace(plan, seed=None), ds, seconds, budget_seconds=1e6) is None
+    longest = extend_plan(plan, ds, seconds, budget_seconds=1e6)
+    assert longest is not None and longest.repeats == 5
+    assert extend_plan(plan, ds, {0: [4.0, 2.0]}, budget_seconds=1e6) is None  # a finalist without runs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from benchmarks.decision_quality_tables import Truth
+from benchmarks.decision_quality_tables import Truth, contrasts
 
 A, B, C = ("a", 1.0, 0, 0.001), ("b", 1.0, 0, 0.001), ("c", 1.0, 0, 0.001)
 
@@ -42,3 +42,20 @@ def test_the_interval_is_widened_by_the_nadeau_bengio_correction() -> None:
     assert abs((high - low) / 2 - half) < 1e-6
     _, c_low, c_high = corrected.interval(A, B)
     assert abs((c_high - c_low) / (high - low) - np.sqrt((1 / 4 + 1) / (1 / 4))) < 1e-6
+
+
+def test_contrasts_resolve_a_rule_that_always_picks_the_better_strategy() -> None:
+    rng = np.random.default_rng(1)
+    base = 0.80 + rng.normal(0, 0.01, 9)
+    truth = Truth(_runs({A: list(base + 0.05), B: list(base), C: list(base + rng.normal(0.01, 0.03, 9))}), 9)
+    pick = {key: "/".join(str(v) for v in key) for key in (A, B, C)}
+    seeds = pd.DataFrame([{"dataset": "d", "today_pick": pick[B], "confirmed_pick": pick[A], "control_pick": pick[B],
+                           "hybrid_pick": pick[C if s % 2 else B]} for s in range(4)])
+    table = contrasts(seeds, {"d": truth}).set_index(["rule", "against"])
+    better = table.loc[("confirmed", "today's pick")]
+    assert better["verdict"] == "better" and abs(better["mean_pt"] - 5.0) < 1e-6  # A leads B by 5 points on every draw
+    same = table.loc[("compute control", "today's pick")]
+    assert same["mean_pt"] == 0.0 and same["verdict"] == "not resolved"  # the same pick on every seed
+    assert table.loc[("confirmed", "compute control")]["verdict"] == "better"
+    assert table.loc[("explore, then confirm", "confirmed")]["verdict"] == "worse"
+    assert table.loc[("explore, then confirm", "today's pick")]["verdict"] == "not resolved"  # C: 3-point spread

@@ -17,6 +17,9 @@ is stored with the companion study when the stage starts and reused on resume.
 
 By default the stage spends at most ``confirm_share`` (half) of the compute the search spent: it picks
 the repeats (2 to 5) and, if needed, fewer finalists to fit, from the finalists' measured trial seconds.
+Repeats reuse the cached features and frozen-prefix activations, so they usually cost less than the
+search trials did; once the planned repeats have run, their measured seconds decide how many more
+repeats (up to 5 in all) still fit the same budget (:func:`extend_plan`).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from autotransfer.study.objective import Objective
 from autotransfer.study.recovery import reclaim_stale_trials
 from autotransfer.training.trainer import evaluate_split
 
-__all__ = ["ConfirmObjective", "ConfirmPlan", "make_plan", "run_confirmation"]
+__all__ = ["ConfirmObjective", "ConfirmPlan", "extend_plan", "make_plan", "run_confirmation"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ class ConfirmPlan:
         rho: ``n_val / (n_train + n_val)`` of a re-drawn split (the correlated t-test's correlation), or None.
         margin: The tie margin (metric units).
         note: How the plan was chosen, in words (printed, and shown in the report).
+        seed: The study seed the repeats derive from; None in plans stored by earlier releases (which are
+            never extended).
     """
 
     finalists: list[dict[str, Any]]
@@ -78,6 +83,7 @@ class ConfirmPlan:
     rho: float | None
     margin: float
     note: str
+    seed: int | None = None
 
     @property
     def repeats(self) -> int:
@@ -108,6 +114,11 @@ def _family_leaders(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(leaders.values(), key=lambda t: (-(t.value or 0.0), t.number))
 
 
+def _trial_seconds(trial: FrozenTrial) -> float:
+    """What the plan expects one repeat of a finalist to cost: its search trial's measured seconds."""
+    return float(trial.user_attrs.get(TrialAttr.SECONDS, 0.0))
+
+
 def make_plan(study: optuna.Study, dataset: ImageDataset, *, finalists: int, repeats: int | None, margin: float,
               resplit: bool, seed: int, budget_seconds: float | None) -> tuple[ConfirmPlan | None, str]:
     """Choose the finalists, the repeats and each repeat's seed and split.
@@ -129,7 +140,7 @@ def make_plan(study: optuna.Study, dataset: ImageDataset, *, finalists: int, rep
     leaders = _family_leaders(study)[:finalists]
     if len(leaders) < 2:
         return None, f"{len(leaders)} strategy family has a complete trial: nothing to compare"
-    cost = [float(t.user_attrs.get(TrialAttr.SECONDS, 0.0)) for t in leaders]
+    cost = [_trial_seconds(t) for t in leaders]
     bounded = repeats is None and budget_seconds is not None
     if repeats is None and budget_seconds is not None:
         while len(leaders) > 2 and _REPEATS[0] * sum(cost) > budget_seconds:
@@ -142,22 +153,67 @@ def make_plan(study: optuna.Study, dataset: ImageDataset, *, finalists: int, rep
         repeats = min(_REPEATS[1], fit)
     repeats = repeats or _DEFAULT_REPEATS
     redraw = resplit or (dataset.split_method == "stratified" and len(dataset.splits["val"]) < _SMALL_VAL)
-    seeds = [int(np.random.SeedSequence([seed, 1, r]).generate_state(1)[0]) for r in range(repeats)]
-    splits, rho = None, None
-    if redraw:
-        pool = sorted(dataset.splits["train"] + dataset.splits["val"])
-        n_val = len(dataset.splits["val"])
-        splits = [{name: [[k, y] for k, y in items]
-                   for name, items in stratified_split(pool, dataset.n_classes, s % 2**32, n_val / len(pool),
-                                                       0.0).items() if name in ("train", "val")} for s in seeds]
-        rho = n_val / len(pool)
+    seeds, splits = _draws(dataset, seed, range(repeats), redraw)
+    rho = len(dataset.splits["val"]) / (len(dataset.splits["train"]) + len(dataset.splits["val"])) if redraw else None
     how = ("each on a re-drawn stratified train/val split of train+val" if redraw
            else "on new seeds, val as given (pass --resplit to re-draw it)")
     plan = ConfirmPlan([{"trial": t.number, "family": trial_family(t), "params": dict(t.params), "seconds": c}
-                        for t, c in zip(leaders, cost, strict=True)], seeds, splits, rho, margin, "")
+                        for t, c in zip(leaders, cost, strict=True)], seeds, splits, rho, margin, "", seed)
     note = (f"{len(leaders)} finalists x {repeats} repeats, {how}; about {plan.cost():.0f} s"
             + (f" of the {budget_seconds:.0f} s allowed" if bounded else ""))
     return replace(plan, note=note), note
+
+
+def _draws(dataset: ImageDataset, seed: int, repeats: range, redraw: bool) -> tuple[
+        list[int], list[dict[str, list[list[Any]]]] | None]:
+    """The seed of each repeat in ``repeats`` and, when ``redraw``, its stratified train/val split of train+val.
+
+    Both derive from (study seed, repeat) alone, so a repeat added later gets what a longer plan would have had.
+    """
+    seeds = [int(np.random.SeedSequence([seed, 1, r]).generate_state(1)[0]) for r in repeats]
+    if not redraw:
+        return seeds, None
+    pool = sorted(dataset.splits["train"] + dataset.splits["val"])
+    share = len(dataset.splits["val"]) / len(pool)
+    return seeds, [{name: [[k, y] for k, y in items]
+                    for name, items in stratified_split(pool, dataset.n_classes, s % 2**32, share, 0.0).items()
+                    if name in ("train", "val")} for s in seeds]
+
+
+def extend_plan(plan: ConfirmPlan, dataset: ImageDataset, seconds: dict[int, list[float]],
+                budget_seconds: float) -> ConfirmPlan | None:
+    """The plan with as many more repeats as the measured runs say fit the budget (at most 5 in all), or None.
+
+    The plan's repeats were chosen from the finalists' *search* trial seconds, which include what a
+    repeat does not pay again: feature extraction and frozen-prefix activations are cached on the images,
+    so a linear probe's second repeat costs its head alone. Once every planned repeat has run, the
+    measured seconds give the real price of one more repeat of every finalist: the mean of each
+    finalist's runs after its first (its first run filled the caches), or its only run.
+
+    Args:
+        plan: The plan every run of ``seconds`` belongs to.
+        dataset: The searched dataset (the pool re-drawn splits come from).
+        seconds: Measured seconds of each finalist's finished runs, by finalist index, in repeat order.
+        budget_seconds: The most the whole stage may spend (s).
+
+    Returns:
+        The longer plan (its first repeats unchanged), or None when it has 5 repeats, was stored by an
+        earlier release, or no further repeat of every finalist fits.
+    """
+    if plan.seed is None or plan.repeats >= _REPEATS[1] or any(not seconds.get(k) for k in range(
+            len(plan.finalists))):
+        return None
+    spent = sum(sum(runs) for runs in seconds.values())
+    one_more = sum(float(np.mean(runs[1:] or runs)) for runs in seconds.values())
+    more = min(_REPEATS[1] - plan.repeats, math.floor((budget_seconds - spent) / max(one_more, 1e-9)))
+    if more < 1:
+        return None
+    seeds, splits = _draws(dataset, plan.seed, range(plan.repeats, plan.repeats + more), plan.splits is not None)
+    repeats = plan.repeats + more
+    note = (f"{plan.note}; the runs took {spent:.0f} s, so {more} more repeat{'s' if more > 1 else ''} "
+            f"(about {more * one_more:.0f} s) fit: {repeats} repeats")
+    return replace(plan, seeds=plan.seeds + seeds,
+                   splits=None if plan.splits is None or splits is None else plan.splits + splits, note=note)
 
 
 @dataclass
@@ -242,11 +298,26 @@ def run_confirmation(study: optuna.Study, objective: Objective, *, budget_second
     reclaim_stale_trials(companion)
     _enqueue_missing(companion, plan)
     runner = ConfirmObjective(**{f.name: getattr(objective, f.name) for f in fields(Objective)}, plan=plan)
+    _run_waiting(companion, runner, callbacks)
+    if settings.repeats is None and budget_seconds is not None:
+        seconds = {k: [float(runs[r].user_attrs.get(TrialAttr.SECONDS, 0.0)) for r in sorted(runs)]
+                   for k, runs in _runs(companion, plan).items()}
+        longer = extend_plan(plan, objective.dataset, seconds, budget_seconds)
+        if longer is not None:
+            plan = longer
+            companion.set_user_attr(StudyAttr.CONFIRM_PLAN, asdict(plan))
+            logger.info("Confirmation: %s.", plan.note)
+            _enqueue_missing(companion, plan)
+            _run_waiting(companion, replace(runner, plan=plan), callbacks)
+    return _decide(study, companion, plan, objective)
+
+
+def _run_waiting(companion: optuna.Study, runner: ConfirmObjective, callbacks: list[Any] | None) -> None:
+    """Run the companion study's waiting runs one at a time, checking for SIGINT/SIGTERM between them."""
     while any(t.state == TrialState.WAITING for t in companion.get_trials(deepcopy=False)):
         interrupt.check()
         companion.optimize(runner, n_trials=1, catch=(TrialFailed,), callbacks=[_log_run, *(callbacks or [])])
     interrupt.check()
-    return _decide(study, companion, plan, objective)
 
 
 def _log_run(study: optuna.Study, trial: FrozenTrial) -> None:
