@@ -56,6 +56,7 @@ from autotransfer.storage.records import TrialAttr, best_trial
 from autotransfer.study.confirm import ConfirmPlan, extend_plan, make_plan
 from autotransfer.study.sampling import make_pruner, make_sampler
 
+from .decision_quality_tables import planned_runs, write_tables
 from .grid import DATASETS, TABLE, Grid, _subsample, grid_dataset, read_table
 from .replay import Clock, Key, Method, RecordedGrid, grid_space, replay_objective
 
@@ -332,18 +333,10 @@ def all_plans(table: pd.DataFrame, name: str, grid: Grid, seeds: int) -> list[Se
 def _measured(runs: pd.DataFrame, name: str, seed: int, plan: ConfirmPlan, finalists: tuple[Key, ...]) -> dict[
         int, list[float]] | None:
     """Recorded training seconds of each finalist's planned repeats on ``name``, or None while one is missing."""
-    rows = runs[(runs["dataset"] == name) & (runs["kind"] == "stage") & (runs["status"] == "completed")] \
-        if not runs.empty else runs
-    out: dict[int, list[float]] = {}
-    for k, key in enumerate(finalists):
-        mine = rows[(rows["backbone"] == key[0]) & (rows["freeze_depth"] == key[1]) & (rows["head_width"] == key[2])
-                    & (rows["learning_rate"] == key[3])] if not rows.empty else rows
-        by_draw = dict(zip(mine["draw"], mine["train_seconds"], strict=True)) if not mine.empty else {}
-        seconds = [by_draw.get(f"{seed}/{r}") for r in range(plan.repeats)]
-        if any(v is None for v in seconds):
-            return None
-        out[k] = [float(v) for v in seconds if v is not None]
-    return out
+    recorded = planned_runs(seed, plan, finalists, runs[runs["dataset"] == name]) if not runs.empty else None
+    if recorded is None:
+        return None
+    return {k: [float(r["train_seconds"]) for r in recorded[key]] for k, key in enumerate(finalists)}
 
 
 def extend(plans: list[SeedPlan], runs: pd.DataFrame, name: str, grid: Grid) -> list[SeedPlan]:
@@ -394,8 +387,6 @@ def main(argv: list[str] | None = None) -> None:
             if args.part == "all":
                 record(name, todo, grid)
     if args.part != "plan":
-        from .decision_quality_tables import write_tables
-
         write_tables(plans, read_runs(), args.truth_draws)
 
 

@@ -94,9 +94,12 @@ def _key(row: pd.Series) -> Key:
     return (str(row["backbone"]), float(row["freeze_depth"]), int(row["head_width"]), float(row["learning_rate"]))
 
 
-def stage_decision(seed: int, plan: ConfirmPlan, finalists: tuple[Key, ...], runs: pd.DataFrame) -> tuple[
-        Decision | None, dict[Key, list[float]], float]:
-    """The product's decision from one seed's recorded stage runs (None if a run is missing or diverged)."""
+def planned_runs(seed: int, plan: ConfirmPlan, finalists: tuple[Key, ...], runs: pd.DataFrame) -> dict[
+        Key, list[pd.Series]] | None:
+    """Each finalist's recorded runs of the plan's repeats, in repeat order (None while one is missing or failed).
+
+    ``runs`` are one dataset's rows of ``runs.csv``; a stage run's ``draw`` is ``"<seed>/<repeat>"``.
+    """
     rows = runs[(runs["kind"] == "stage") & runs["draw"].str.startswith(f"{seed}/")]
     by_key: dict[Key, dict[int, pd.Series]] = {}
     for _, row in rows.iterrows():
@@ -104,10 +107,19 @@ def stage_decision(seed: int, plan: ConfirmPlan, finalists: tuple[Key, ...], run
     repeats = range(plan.repeats)
     if any(k not in by_key or any(r not in by_key[k] or by_key[k][r]["status"] != "completed" for r in repeats)
            for k in finalists):
+        return None
+    return {k: [by_key[k][r] for r in repeats] for k in finalists}
+
+
+def stage_decision(seed: int, plan: ConfirmPlan, finalists: tuple[Key, ...], runs: pd.DataFrame) -> tuple[
+        Decision | None, dict[Key, list[float]], float]:
+    """The product's decision from one seed's recorded stage runs (None if a run is missing or diverged)."""
+    recorded = planned_runs(seed, plan, finalists, runs)
+    if recorded is None:
         return None, {}, math.nan
     confirmed = []
     for key in finalists:
-        reps = [by_key[key][r] for r in repeats]
+        reps = recorded[key]
         correct = None if plan.rho is not None else [[c == "1" for c in str(r["correct"])] for r in reps]
         confirmed.append(FinalistRuns(str(finalists.index(key)), [float(r["accuracy"]) for r in reps], correct,
                                       float(np.median([r["images_per_second"] for r in reps])),
@@ -115,7 +127,7 @@ def stage_decision(seed: int, plan: ConfirmPlan, finalists: tuple[Key, ...], run
                                       int(reps[0]["trainable_params"])))
     decision = decide(confirmed, margin=plan.margin, rho=plan.rho, seed=seed)
     scores = {k: list(f.scores) for k, f in zip(finalists, confirmed, strict=True)}
-    seconds = float(sum(by_key[k][r]["train_seconds"] for k in finalists for r in repeats))
+    seconds = float(sum(r["train_seconds"] for reps in recorded.values() for r in reps))
     return decision, scores, seconds
 
 

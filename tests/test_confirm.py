@@ -244,6 +244,8 @@ def test_a_plan_is_not_extended_past_five_repeats_its_budget_or_an_earlier_relea
     assert longer is not None and longer.repeats == 4 and longer.seeds[:2] == [1, 2]  # (22 - 14) // 4 = 2 more
     assert extend_plan(plan, ds, seconds, budget_seconds=17.9) is None  # not one more of both
     assert extend_plan(dataclasses.replace(plan, seed=None), ds, seconds, budget_seconds=1e6) is None
+    stored = {k: v for k, v in dataclasses.asdict(plan).items() if k != "seed"}  # a plan stored before the seed was
+    assert extend_plan(ConfirmPlan(**stored), ds, seconds, budget_seconds=1e6) is None
     longest = extend_plan(plan, ds, seconds, budget_seconds=1e6)
     assert longest is not None and longest.repeats == 5
     assert extend_plan(plan, ds, {0: [4.0, 2.0]}, budget_seconds=1e6) is None  # a finalist without runs

@@ -154,7 +154,7 @@ def make_plan(study: optuna.Study, dataset: ImageDataset, *, finalists: int, rep
     repeats = repeats or _DEFAULT_REPEATS
     redraw = resplit or (dataset.split_method == "stratified" and len(dataset.splits["val"]) < _SMALL_VAL)
     seeds, splits = _draws(dataset, seed, range(repeats), redraw)
-    rho = len(dataset.splits["val"]) / (len(dataset.splits["train"]) + len(dataset.splits["val"])) if redraw else None
+    rho = _val_share(dataset) if redraw else None
     how = ("each on a re-drawn stratified train/val split of train+val" if redraw
            else "on new seeds, val as given (pass --resplit to re-draw it)")
     plan = ConfirmPlan([{"trial": t.number, "family": trial_family(t), "params": dict(t.params), "seconds": c}
@@ -174,10 +174,15 @@ def _draws(dataset: ImageDataset, seed: int, repeats: range, redraw: bool) -> tu
     if not redraw:
         return seeds, None
     pool = sorted(dataset.splits["train"] + dataset.splits["val"])
-    share = len(dataset.splits["val"]) / len(pool)
     return seeds, [{name: [[k, y] for k, y in items]
-                    for name, items in stratified_split(pool, dataset.n_classes, s % 2**32, share, 0.0).items()
+                    for name, items in stratified_split(pool, dataset.n_classes, s % 2**32, _val_share(dataset),
+                                                        0.0).items()
                     if name in ("train", "val")} for s in seeds]
+
+
+def _val_share(dataset: ImageDataset) -> float:
+    """``n_val / (n_train + n_val)``: a re-drawn split's val share, and the correlated t-test's correlation."""
+    return len(dataset.splits["val"]) / (len(dataset.splits["train"]) + len(dataset.splits["val"]))
 
 
 def extend_plan(plan: ConfirmPlan, dataset: ImageDataset, seconds: dict[int, list[float]],
